@@ -1,0 +1,130 @@
+"""The end-to-end pipeline: one Prefect task per DVC stage, in dvc.yaml order.
+
+Prefect owns execution (ordering, retries, timeouts, logs); DVC decides what to recompute:
+each task runs `dvc repro --single-item STAGE`, which skips a stage whose params, deps and
+code are unchanged. Every stage's MLflow run nests under one pipeline run tagged with the
+Prefect flow-run id. Only one pipeline runs per project at a time (a lock file refuses a
+second with a clear message rather than letting two runs fight over DVC's lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from filelock import FileLock, Timeout
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from selftok import tracking
+from selftok.config import load_params, params_hash
+
+LOCK_FILE = ".dvc/tmp/selftok-pipeline.lock"
+SKIPPED = "didn't change, skipping"
+
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero; the message names the stage and its last output lines."""
+
+
+def stage_order(root: Path) -> list[str]:
+    """Stages in the order dvc.yaml declares them (kept topological by convention, tested)."""
+    return list((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
+
+
+def _stage_env(parent_run_id: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env[tracking.PARENT_RUN_ENV] = parent_run_id
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@task(task_run_name="{stage}")
+def reproduce(stage: str, root: str, parent_run_id: str, force: bool = False) -> dict[str, Any]:
+    """`dvc repro --single-item STAGE`, its output streamed into the Prefect logs."""
+    logger = get_run_logger()
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    started = time.perf_counter()
+    tail: list[str] = []
+    with subprocess.Popen(command, cwd=root, env=_stage_env(parent_run_id), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                logger.info("[%s] %s", stage, line)
+                tail = [*tail, line][-25:]
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise StageFailed(f"stage {stage!r} failed (dvc exit {process.returncode}):\n" + "\n".join(tail))
+    skipped = any(SKIPPED in line for line in tail)
+    logger.info("stage %s %s in %.1fs", stage, "skipped (unchanged)" if skipped else "ran", seconds)
+    return {"stage": stage, "skipped": skipped, "seconds": seconds}
+
+
+def headline_metrics(root: Path) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    for path in sorted((root / "metrics").glob("*.json")):
+        if path.stem != "bench":
+            metrics |= tracking.flatten(json.loads(path.read_text()), f"{path.stem}.")
+    return metrics
+
+
+def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any]) -> str:
+    lines = ["# Selftok pipeline", "", "| stage | status | seconds |", "|---|---|---|"]
+    lines += [f"| {r['stage']} | {'skipped' if r['skipped'] else 'ran'} | {r['seconds']:.1f} |" for r in results]
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    return "\n".join(lines)
+
+
+@flow(name="selftok-pipeline", log_prints=True)
+def pipeline(root: str = ".", stages: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
+    """Run the DVC stages in order (all, or the named ones), under one MLflow parent run."""
+    project = Path(root).resolve()
+    params = load_params(project / "params.yaml")
+    order = stage_order(project)
+    unknown = sorted(set(stages or []) - set(order))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {order}")
+    selected = [s for s in order if not stages or s in stages]
+    lock = FileLock(str(project / LOCK_FILE), timeout=0)
+    (project / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RuntimeError(f"another selftok pipeline is already running in {project} (lock {LOCK_FILE}); "
+                           "wait for it to finish") from None
+    try:
+        tracking.configure(project, params.tracking.experiment)
+        raw = yaml.safe_load((project / "params.yaml").read_text())
+        tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "params.hash": params_hash(raw), "kind": "pipeline"}
+        with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
+            results = [
+                reproduce.with_options(retries=params.pipeline.retries,
+                                       retry_delay_seconds=params.pipeline.retry_delay_seconds,
+                                       timeout_seconds=params.pipeline.stage_timeout_seconds)(
+                    stage, str(project), parent.info.run_id, force)
+                for stage in selected
+            ]
+            metrics = headline_metrics(project)
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            mlflow.log_text(summary_markdown(results, metrics), "summary.md")
+        create_markdown_artifact(summary_markdown(results, metrics), key="selftok-pipeline-summary",
+                                 description="Stages run or skipped, and the headline metrics")
+        return results
+    finally:
+        lock.release()
+
+
+if __name__ == "__main__":
+    pipeline()

@@ -1,0 +1,3 @@
+from selftok.cli import app
+
+app()

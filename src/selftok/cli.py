@@ -1,0 +1,162 @@
+"""The `selftok` command: stages (what dvc.yaml calls), the pipeline, profiles and tools."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.logging import RichHandler
+
+from selftok.config import PARAMS_FILE, ConfigError, load_params
+
+app = typer.Typer(help="Selftok pipeline: data, tokenizer, AR VLM, RL and evaluation.", no_args_is_help=True)
+profile_app = typer.Typer(help="Params profiles (same schema as params.yaml) under profiles/.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+console = Console(stderr=True)
+
+Root = Annotated[Path, typer.Option("--root", help="Project root (holds params.yaml and dvc.yaml).")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    for noisy in ("alembic", "urllib3", "httpx", "git", "filelock", "great_expectations"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="Stage name from dvc.yaml, e.g. ingest, validate.")],
+    root: Root = Path("."),
+    params: Annotated[str, typer.Option(help="Params file, relative to the root.")] = PARAMS_FILE,
+    verbose: bool = False,
+) -> None:
+    """Run one pipeline stage under the stage contract (this is what dvc.yaml calls).
+
+    Prefer `dvc repro NAME`, which runs the stage only when its params, deps or code changed.
+    """
+    from selftok.stages.base import run_stage
+
+    _setup_logging(verbose)
+    try:
+        metrics = run_stage(name, root, params)
+    except (ConfigError, KeyError, FileNotFoundError) as error:
+        _fail(str(error).strip("'\""))
+    console.print_json(data=metrics)
+
+
+def load_flow_module(root: Path, name: str) -> ModuleType:
+    """Import flows/NAME.py from the project (flows/ is a top-level folder, not a package)."""
+    path = root / "flows" / f"{name}.py"
+    if not path.is_file():
+        _fail(f"{path}: flow file not found; run from the project root or pass --root")
+    spec = importlib.util.spec_from_file_location(f"selftok_flows_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def prefect_env(root: Path) -> None:
+    """Keep Prefect's state in the project and give its temporary server time to start."""
+    import os
+
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+@app.command()
+def run(
+    root: Root = Path("."),
+    stages: Annotated[list[str] | None, typer.Option("--stage", help="Run only these stages (repeatable).")] = None,
+    force: Annotated[bool, typer.Option(help="Rerun stages even when DVC sees no change.")] = False,
+) -> None:
+    """Run the whole pipeline: a Prefect flow with one task per DVC stage (unchanged stages skip)."""
+    _setup_logging()
+    try:
+        load_params(root / PARAMS_FILE)
+    except ConfigError as error:
+        _fail(str(error))
+    prefect_env(root.resolve())
+    pipeline = load_flow_module(root.resolve(), "pipeline")
+    pipeline.pipeline(root=str(root.resolve()), stages=stages, force=force)
+
+
+@app.command("check-params")
+def check_params(path: Annotated[Path, typer.Argument(help="Params file to check.")] = Path(PARAMS_FILE)) -> None:
+    """Validate a params file against the schema and exit non-zero naming every bad key."""
+    try:
+        load_params(path)
+    except ConfigError as error:
+        _fail(str(error))
+    console.print(f"[green]{path}: ok[/]")
+
+
+def _profile_path(root: Path, name: str) -> Path:
+    path = root / "profiles" / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted((root / "profiles").glob("*.yaml")))
+        _fail(f"no profile {name!r} in {root / 'profiles'}; known: {known}")
+    return path
+
+
+@profile_app.command("list")
+def profile_list(root: Root = Path(".")) -> None:
+    """List the available profiles."""
+    for path in sorted((root / "profiles").glob("*.yaml")):
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        console.print(f"[bold]{path.stem}[/]  {first}")
+
+
+@profile_app.command("show")
+def profile_show(name: str, root: Root = Path(".")) -> None:
+    """Print a profile."""
+    typer.echo(_profile_path(root, name).read_text())
+
+
+@profile_app.command("use")
+def profile_use(
+    name: str,
+    root: Root = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite params.yaml even if it differs from every profile.")] = False,
+) -> None:
+    """Make profile NAME the active params.yaml (the old one is kept as params.yaml.bak).
+
+    Refuses when params.yaml holds edits found in no profile, unless --force: switching never
+    discards your changes behind your back.
+    """
+    source = _profile_path(root, name)
+    load_params(source)
+    target = root / PARAMS_FILE
+    if target.exists() and not force:
+        current = yaml.safe_load(target.read_text())
+        known = [yaml.safe_load(p.read_text()) for p in (root / "profiles").glob("*.yaml")]
+        if current not in known:
+            _fail(f"{target} has edits that are in no profile; pass --force (a backup goes to {target}.bak)")
+    if target.exists():
+        shutil.copyfile(target, target.with_name(target.name + ".bak"))
+    shutil.copyfile(source, target)
+    console.print(f"params.yaml is now profile [bold]{name}[/] (previous in params.yaml.bak)")
+
+
+if __name__ == "__main__":
+    app()

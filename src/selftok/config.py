@@ -1,0 +1,155 @@
+"""Typed params: params.yaml is the single source of configuration.
+
+Every section is a strict pydantic model, so unknown keys, wrong types and impossible values
+are rejected before any work starts, with the dotted key path in the message. Stages read only
+their own sections; dvc.yaml lists the same keys so DVC reruns a stage exactly when they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from selftok.data.scenes import CATEGORIES, COLORS, SHAPES
+from selftok.schema import StrictModel
+
+PARAMS_FILE = "params.yaml"
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, malformed, or holds a value the pipeline cannot run with."""
+
+
+class ScenesSource(StrictModel):
+    n_train: int = Field(4000, ge=1)
+    n_val: int = Field(256, ge=1)
+    min_objects: int = Field(1, ge=1, le=4)
+    max_objects: int = Field(4, ge=1, le=4)
+    object_size: tuple[Fraction, Fraction] = (0.3, 0.42)
+    categories: list[Literal[CATEGORIES]] = Field(default_factory=lambda: list(CATEGORIES))  # type: ignore[valid-type]
+    holdout: list[str] = Field(default_factory=lambda: ["red star", "blue triangle", "green diamond"])
+
+    @model_validator(mode="after")
+    def _check(self) -> ScenesSource:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
+        if not 0 < self.object_size[0] <= self.object_size[1] < 0.5:
+            raise ValueError(f"object_size must satisfy 0 < low <= high < 0.5, got {self.object_size}")
+        for pair in self.holdout:
+            color, _, shape = pair.partition(" ")
+            if color not in COLORS or shape not in SHAPES:
+                raise ValueError(f"holdout entry {pair!r} must be '<colour> <shape>' with colour in {list(COLORS)} and shape in {list(SHAPES)}")
+        return self
+
+
+class FolderSource(StrictModel):
+    """A folder of images; captions from sidecar .txt files, captions.jsonl or captions.csv."""
+
+    path: Path | None = None
+    val_fraction: Fraction = 0.1
+
+
+class ShardsSource(StrictModel):
+    """Existing webdataset shards (local paths, file://, http(s)://, s3:// via `pipe:`)."""
+
+    train: list[str] = Field(default_factory=list)
+    val: list[str] = Field(default_factory=list)
+
+
+class DataParams(StrictModel):
+    source: Literal["scenes", "folder", "shards"] = "scenes"
+    image_size: int = Field(32, ge=8, le=4096)
+    mode: Literal["RGB"] = "RGB"
+    resize: Literal["center_crop", "none"] = "center_crop"
+    shard_size: int = Field(1000, ge=1)
+    scenes: ScenesSource = ScenesSource()
+    folder: FolderSource = FolderSource()
+    shards: ShardsSource = ShardsSource()
+
+    @model_validator(mode="after")
+    def _source_is_configured(self) -> DataParams:
+        if self.source == "folder" and self.folder.path is None:
+            raise ValueError("source is 'folder' but data.folder.path is not set")
+        if self.source == "shards" and not (self.shards.train and self.shards.val):
+            raise ValueError("source is 'shards' but data.shards.train or data.shards.val is empty")
+        return self
+
+
+class ValidateParams(StrictModel):
+    max_bad_fraction: Fraction = 0.01
+    caption_min_chars: int = Field(3, ge=1)
+    caption_max_chars: int = Field(200, ge=1)
+    val_fraction: tuple[Fraction, Fraction] = (0.02, 0.5)
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidateParams:
+        if self.caption_min_chars > self.caption_max_chars:
+            raise ValueError("caption_min_chars > caption_max_chars")
+        if self.val_fraction[0] > self.val_fraction[1]:
+            raise ValueError(f"val_fraction range is inverted: {self.val_fraction}")
+        return self
+
+
+class PipelineParams(StrictModel):
+    """How Prefect runs each stage task."""
+
+    retries: int = Field(0, ge=0, le=10)
+    retry_delay_seconds: float = Field(10.0, ge=0)
+    stage_timeout_seconds: float = Field(4 * 3600.0, gt=0)
+
+
+class TrackingParams(StrictModel):
+    experiment: str = Field("selftok", min_length=1)
+
+
+class Params(StrictModel):
+    seed: int = 0
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    pipeline: PipelineParams = PipelineParams()
+    tracking: TrackingParams = TrackingParams()
+
+    def section(self, key: str) -> Any:
+        """The params section under a top-level key as plain data (for logging and hashing)."""
+        return self.model_dump(mode="json", by_alias=True)[key]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid value(s)"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
+        lines.append(f"  {key}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the project root, or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, str(path))
+
+
+def params_hash(data: Any) -> str:
+    """Stable short hash of plain data (key order does not matter)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

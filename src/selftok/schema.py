@@ -1,0 +1,11 @@
+"""Base for every typed params section: unknown keys and silent coercions are errors."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """A params section. Extra keys are rejected so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, validate_default=True)

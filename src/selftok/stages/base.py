@@ -1,0 +1,126 @@
+"""The stage contract: what `selftok stage NAME` does around every stage's own logic.
+
+A stage reads params.yaml and its declared deps, writes only its declared outs, writes
+``metrics/NAME.json`` and logs one MLflow run. Which params keys and deps a stage has is read
+from dvc.yaml itself, so the MLflow params, the params hash and the input hashes always match
+what DVC tracks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+
+from selftok import tracking
+from selftok.config import PARAMS_FILE, Params, load_params, params_hash
+
+log = logging.getLogger("selftok.stage")
+
+Metrics = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage as declared in dvc.yaml."""
+
+    name: str
+    params: list[str]
+    deps: list[str]
+    outs: list[str]
+
+
+def read_spec(root: Path, name: str) -> StageSpec:
+    dvc_file = root / "dvc.yaml"
+    if not dvc_file.is_file():
+        raise FileNotFoundError(f"{dvc_file}: not found; run from the project root")
+    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    if name not in stages:
+        raise KeyError(f"stage {name!r} is not in {dvc_file}; known stages: {', '.join(stages)}")
+    raw = stages[name]
+    keys: list[str] = []
+    for entry in raw.get("params", []):
+        keys += [entry] if isinstance(entry, str) else [k for values in entry.values() for k in values]
+
+    def paths(items: list[Any]) -> list[str]:
+        return [item if isinstance(item, str) else next(iter(item)) for item in items]
+
+    return StageSpec(name, keys, paths(raw.get("deps", [])), paths(raw.get("outs", [])))
+
+
+def select(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+@dataclass
+class StageContext:
+    """What a stage's logic gets: the project root, typed params, and logging helpers."""
+
+    name: str
+    root: Path
+    params: Params
+    spec: StageSpec
+    run_id: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+    def path(self, relative: str | Path) -> Path:
+        return self.root / relative
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        flat = {k: float(v) for k, v in tracking.flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if flat:
+            mlflow.log_metrics(flat, step=step)
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        mlflow.log_image(image, artifact_file)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+StageFn = Callable[[StageContext], Metrics]
+
+
+def stage_function(name: str) -> StageFn:
+    try:
+        module = importlib.import_module(f"selftok.stages.{name}")
+    except ModuleNotFoundError as error:
+        if error.name == f"selftok.stages.{name}":
+            raise KeyError(f"no stage module selftok.stages.{name}") from None
+        raise
+    return module.run
+
+
+def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE) -> Metrics:
+    """Run one stage under the contract and return its metrics (also written to metrics/NAME.json)."""
+    root = root.resolve()
+    params = load_params(root / params_file)  # fails before any work if params are invalid
+    spec = read_spec(root, name)
+    fn = stage_function(name)
+    plain = params.model_dump(mode="json", by_alias=True)
+    used = {key: select(plain, key) for key in spec.params}
+    inputs = {dep: root / dep for dep in spec.deps if not dep.startswith("src/")}
+    ctx = StageContext(name=name, root=root, params=params, spec=spec)
+    system_metrics = name.startswith(("train", "pretrain", "rl"))
+    with tracking.stage_run(root, params.tracking.experiment, name, used, params_hash(used), inputs, system_metrics) as run:
+        ctx.run_id = run.info.run_id
+        log.info("stage %s: started (MLflow run %s)", name, ctx.run_id)
+        metrics = fn(ctx)
+        ctx.log_metrics(metrics)
+        out = root / "metrics" / f"{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        mlflow.log_metric("stage_seconds", time.perf_counter() - ctx.started)
+        log.info("stage %s: done in %.1fs", name, time.perf_counter() - ctx.started)
+    return metrics

@@ -1,0 +1,143 @@
+"""MLflow setup, provenance tags, and the model registry.
+
+The store is sqlite under ``mlruns/`` with artifacts in ``mlruns/artifacts`` (current MLflow
+refuses the plain file store); ``MLFLOW_TRACKING_URI`` overrides it, e.g. for a shared server.
+A stage run nests under the pipeline's run when ``SELFTOK_PARENT_RUN_ID`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+PARENT_RUN_ENV = "SELFTOK_PARENT_RUN_ID"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def configure(root: Path, experiment: str) -> str:
+    """Point MLflow at the project store and make sure the experiment exists; returns its id."""
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///"):
+        (root / "mlruns" / "artifacts").mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        location = (root / "mlruns" / "artifacts").resolve().as_uri() if uri.startswith("sqlite:///") else None
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _git(root: Path, *args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def device_tags() -> dict[str, str]:
+    import torch
+
+    tags = {"device.cpu_threads": str(torch.get_num_threads()), "device.platform": platform.platform()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        tags |= {
+            "device.gpu_name": props.name,
+            "device.gpu_count": str(torch.cuda.device_count()),
+            "device.gpu_memory_gb": f"{props.total_memory / 2**30:.1f}",
+        }
+    return tags
+
+
+def provenance_tags(root: Path, stage: str, params_digest: str, inputs: Mapping[str, Path]) -> dict[str, str]:
+    commit = _git(root, "rev-parse", "HEAD")
+    dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no")) if commit else False
+    tags = {
+        "git.commit": commit or "unknown",
+        "git.dirty": str(dirty).lower(),
+        "dvc.stage": stage,
+        "params.hash": params_digest,
+        **device_tags(),
+    }
+    for name, path in inputs.items():
+        tags[f"input.{name}.sha256"] = file_hash(path) if path.exists() else "missing"
+    return tags
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {'a.b.c': value}, the form MLflow params and metrics take."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
+
+
+@contextmanager
+def stage_run(
+    root: Path,
+    experiment: str,
+    stage: str,
+    params: Mapping[str, Any],
+    params_digest: str,
+    inputs: Mapping[str, Path],
+    system_metrics: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """One MLflow run for one stage, nested under the pipeline run when there is one."""
+    configure(root, experiment)
+    parent = os.environ.get(PARENT_RUN_ENV)
+    with mlflow.start_run(
+        run_name=stage,
+        parent_run_id=parent or None,
+        nested=bool(parent),
+        tags=provenance_tags(root, stage, params_digest, inputs),
+        log_system_metrics=system_metrics,
+    ) as run:
+        flat = {k: (str(v) if not isinstance(v, (int, float, str, bool)) else v) for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for start in range(0, len(items), 100):
+            mlflow.log_params(dict(items[start : start + 100]))
+        yield run
+
+
+def set_alias(model_name: str, alias: str, version: str | int) -> None:
+    MlflowClient().set_registered_model_alias(model_name, alias, str(version))
+
+
+def alias_version(model_name: str, alias: str) -> str | None:
+    """The version behind an alias, or None when the model or the alias does not exist yet."""
+    try:
+        return MlflowClient().get_model_version_by_alias(model_name, alias).version
+    except mlflow.exceptions.MlflowException:
+        return None

@@ -1,0 +1,46 @@
+"""Shared fixtures: a temporary copy of the project on a chosen profile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "src", "flows", "profiles", ".dvc/config", ".dvcignore")
+
+
+def copy_project(dest: Path, profile: str = "smoke") -> Path:
+    """Copy what the pipeline needs into ``dest``, with the profile as params.yaml, DVC initialised."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    shutil.copy2(ROOT / "profiles" / f"{profile}.yaml", dest / "params.yaml")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--force", "-q"], cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tools(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's MLflow store or Prefect home from a test."""
+    home = tmp_path_factory.getbasetemp()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SELFTOK_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(home / "prefect"))
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh temporary copy of the project on the smoke profile."""
+    return copy_project(tmp_path / "project")

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selftok.config import ConfigError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke() -> dict:
+    return yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+
+
+@pytest.mark.parametrize("profile", sorted((ROOT / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_profile_is_valid(profile: Path) -> None:
+    load_params(profile)
+
+
+def test_params_yaml_is_the_default_profile() -> None:
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == yaml.safe_load(
+        (ROOT / "profiles" / "default.yaml").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "fragment"),
+    [
+        (lambda p: p["data"].update(imge_size=32), "data.imge_size", "Extra inputs are not permitted"),
+        (lambda p: p["data"].update(image_size="big"), "data.image_size", "valid integer"),
+        (lambda p: p["data"].update(image_size=-4), "data.image_size", "greater than or equal to 8"),
+        (lambda p: p["data"]["scenes"].update(min_objects=3, max_objects=2), "data.scenes", "min_objects"),
+        (lambda p: p["data"]["scenes"].update(holdout=["pink star"]), "data.scenes", "pink star"),
+        (lambda p: p["data"].update(source="ftp"), "data.source", "'scenes', 'folder' or 'shards'"),
+        (lambda p: p["data"].update(source="folder"), "data", "data.folder.path is not set"),
+        (lambda p: p["validate"].update(max_bad_fraction=2), "validate.max_bad_fraction", "less than or equal to 1"),
+        (lambda p: p.update(sed=1), "sed", "Extra inputs"),
+    ],
+)
+def test_bad_values_name_their_key(edit, key: str, fragment: str) -> None:
+    raw = smoke()
+    edit(raw)
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw, "params.yaml")
+    message = str(caught.value)
+    assert f"  {key}: " in message, message
+    assert fragment in message
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_params(bad)
