@@ -141,3 +141,21 @@ def alias_version(model_name: str, alias: str) -> str | None:
         return MlflowClient().get_model_version_by_alias(model_name, alias).version
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def log_model_dir(model_dir: Path, registered_name: str) -> str:
+    """Log a model folder (safetensors + config.json) to the active run and register a new version.
+
+    Logged as a pyfunc model from code (src/selftok/mlflow_model.py), so the registry holds
+    loadable models without pickling anything. Returns the new version number.
+    """
+    from selftok import __version__
+
+    info = mlflow.pyfunc.log_model(
+        name=registered_name,
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),
+        artifacts={"weights": str(model_dir)},
+        pip_requirements=[f"selftok=={__version__}"],
+        registered_model_name=registered_name,
+    )
+    return str(info.registered_model_version)

@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from selftok.stages.base import read_spec, run_stage
+
+
+def test_spec_is_read_from_dvc_yaml(project: Path) -> None:
+    spec = read_spec(project, "ingest")
+    assert spec.params == ["seed", "data"]
+    assert "src/selftok/stages/ingest.py" in spec.deps and spec.outs == ["data/shards"]
+    with pytest.raises(KeyError, match="stage 'nope' is not in"):
+        read_spec(project, "nope")
+
+
+def test_ingest_is_byte_identical_and_manifest_matches(project: Path, tmp_path: Path) -> None:
+    metrics = run_stage("ingest", project)
+    shards = sorted((project / "data" / "shards").rglob("*.tar"))
+    first = {p.relative_to(project): p.read_bytes() for p in shards}
+    manifest = pd.read_parquet(project / "data" / "shards" / "manifest.parquet")
+    assert metrics["n_train"] == (manifest["split"] == "train").sum() == 160
+    assert set(manifest.columns) >= {"key", "split", "shard", "width", "height", "mode", "caption", "sha256", "metadata"}
+    assert manifest["key"].is_unique and (manifest["width"] == 16).all() and (manifest["mode"] == "RGB").all()
+    assert all(json.loads(m)["prompt"]["prompt"] == c for m, c in zip(manifest["metadata"], manifest["caption"], strict=True))
+    assert json.loads((project / "metrics" / "ingest.json").read_text()) == metrics
+
+    other = tmp_path / "again"
+    subprocess.run(["cp", "-r", str(project), str(other)], check=True)
+    for p in (other / "data").rglob("*.tar"):
+        p.unlink()
+    run_stage("ingest", other)
+    assert {p.relative_to(other): p.read_bytes() for p in sorted((other / "data" / "shards").rglob("*.tar"))} == first
+
+
+def test_cli_rejects_bad_params_before_work(project: Path) -> None:
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("image_size: 16", "image_size: sixteen"))
+    result = subprocess.run([sys.executable, "-m", "selftok", "stage", "ingest"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "data.image_size" in result.stderr
+    assert not (project / "data" / "shards").exists()
