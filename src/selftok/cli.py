@@ -101,6 +101,91 @@ def run(
     pipeline.pipeline(root=str(root.resolve()), stages=stages, force=force)
 
 
+@app.command("check-codes")
+def check_codes(
+    shard: Annotated[Path, typer.Argument(help="A code shard, e.g. data/codes/val/shard-000000.tar.")],
+    out: Annotated[Path, typer.Option(help="Where to write the grid.")] = Path("check-codes.png"),
+    limit: Annotated[int, typer.Option(help="How many samples to show.")] = 32,
+    root: Root = Path("."),
+) -> None:
+    """Write a grid of originals beside their decoded codes (renderer) and print the PSNR.
+
+    The first thing to look at when an AR model produces garbage: if these pairs disagree,
+    the codes (or their order) are wrong, not the AR model.
+    """
+    import torch
+
+    from selftok.data.codes import codes_from_bytes
+    from selftok.data.dataset import accepted_manifest, decode_png, to_uint8, to_unit
+    from selftok.data.shards import ShardError, read_samples
+    from selftok.stages.tokenize import load_tokenizer
+    from selftok.tokenizer.metrics import psnr_8bit
+    from selftok.viz import image_grid
+
+    _setup_logging()
+    try:
+        samples = list(read_samples(shard))[:limit]
+        tokenizer = load_tokenizer(root, with_renderer=True)
+        where = accepted_manifest(root).set_index("key")["shard"]
+    except (ShardError, FileNotFoundError) as error:
+        _fail(str(error))
+    if not samples:
+        _fail(f"{shard}: no samples")
+    originals: dict[str, bytes] = {}
+    for source in sorted({where[s["__key__"]] for s in samples}):
+        originals |= {s["__key__"]: s["png"] for s in read_samples(root / source)}
+    codes = torch.stack([torch.from_numpy(codes_from_bytes(s["codes.npy"], f"{shard}:{s['__key__']}")) for s in samples])
+    images = torch.stack([torch.from_numpy(decode_png(originals[s["__key__"]])).permute(2, 0, 1) for s in samples])
+    rendered = tokenizer.render(codes)
+    value = float(psnr_8bit(rendered, to_unit(images)).mean())
+    image_grid(torch.stack([images, to_uint8(rendered)], 1).flatten(0, 1), columns=16, scale=4).save(out)
+    console.print(f"{len(samples)} samples, renderer PSNR {value:.2f} dB (8-bit); grid (original, decoded pairs): {out}")
+
+
+REGISTERED_MODELS = ("selftok-tokenizer", "selftok-evaluator", "selftok-vlm")
+
+
+@app.command()
+def status(root: Root = Path(".")) -> None:
+    """DVC status, the latest headline metrics and the registry aliases, on one page."""
+    import json
+    import subprocess
+
+    from rich.table import Table
+
+    from selftok import tracking
+
+    out = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True)
+    console.rule("DVC status")
+    console.print((out.stdout or out.stderr).strip() or "everything is up to date")
+    console.rule("metrics")
+    table = Table("metric", "value")
+    for path in sorted((root / "metrics").glob("*.json")):
+        for key, value in tracking.flatten(json.loads(path.read_text()), f"{path.stem}.").items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.rule("registry")
+    tracking.configure(root.resolve(), load_params(root / PARAMS_FILE).tracking.experiment)
+    aliases = Table("model", tracking.CHAMPION, tracking.CHALLENGER)
+    for name in REGISTERED_MODELS:
+        aliases.add_row(name, *(tracking.alias_version(name, a) or "-" for a in (tracking.CHAMPION, tracking.CHALLENGER)))
+    console.print(aliases)
+
+
+@app.command()
+def ui(root: Root = Path("."), port: int = 5000) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the project store (Ctrl-C stops it)."""
+    import os
+
+    from selftok import tracking
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    uri = tracking.tracking_uri(root.resolve())
+    console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
+    os.execvpe(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                "--host", "127.0.0.1", "--port", str(port)], env)
+
+
 @app.command("check-params")
 def check_params(path: Annotated[Path, typer.Argument(help="Params file to check.")] = Path(PARAMS_FILE)) -> None:
     """Validate a params file against the schema and exit non-zero naming every bad key."""

@@ -96,6 +96,14 @@ class ValidateParams(StrictModel):
         return self
 
 
+class TokenizeParams(StrictModel):
+    """Re-tokenising accepted images into code shards."""
+
+    batch_size: int = Field(256, ge=1)
+    workers: int = Field(1, ge=1, le=256)  # processes mapping over shards
+    check_samples: int = Field(64, ge=1)  # val samples decoded back and compared
+
+
 class PipelineParams(StrictModel):
     """How Prefect runs each stage task."""
 
@@ -112,6 +120,7 @@ class Params(StrictModel):
     seed: int = 0
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    tokenize: TokenizeParams = TokenizeParams()
     pipeline: PipelineParams = PipelineParams()
     tracking: TrackingParams = TrackingParams()
 

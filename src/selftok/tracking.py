@@ -138,7 +138,7 @@ def set_alias(model_name: str, alias: str, version: str | int) -> None:
 def alias_version(model_name: str, alias: str) -> str | None:
     """The version behind an alias, or None when the model or the alias does not exist yet."""
     try:
-        return MlflowClient().get_model_version_by_alias(model_name, alias).version
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 

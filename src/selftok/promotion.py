@@ -1,0 +1,47 @@
+"""Champion/challenger promotion in the MLflow registry.
+
+A newly trained model version always gets the `challenger` alias. It takes `champion` only
+when its score on the same held-out benchmark beats the current champion's by at least the
+margin (or when there is no champion yet). The decision and both scores are recorded as tags
+on the model version, so the registry itself says why each version holds its alias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from mlflow.tracking import MlflowClient
+
+from selftok.tracking import CHALLENGER, CHAMPION, alias_version
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    challenger_score: float
+    champion_score: float | None
+    margin: float
+
+
+def decide(challenger_score: float, champion_score: float | None, margin: float) -> Decision:
+    """Promote when there is no champion, or the challenger beats it by at least ``margin``."""
+    if champion_score is None:
+        return Decision(True, "no champion yet", challenger_score, None, margin)
+    gain = challenger_score - champion_score
+    if gain >= margin and gain > 0:
+        return Decision(True, f"beats champion by {gain:+.4f} (margin {margin})", challenger_score, champion_score, margin)
+    return Decision(False, f"gain {gain:+.4f} below margin {margin}", challenger_score, champion_score, margin)
+
+
+def apply(model_name: str, version: str, decision: Decision) -> str | None:
+    """Set the aliases the decision calls for; returns the previous champion version."""
+    client = MlflowClient()
+    previous = alias_version(model_name, CHAMPION)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    if decision.promote:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    for key, value in asdict(decision).items():
+        client.set_model_version_tag(model_name, version, f"promotion.{key}", str(value))
+    client.set_model_version_tag(model_name, version, "promotion.previous_champion", str(previous))
+    return previous

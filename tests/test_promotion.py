@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from selftok import promotion, tracking
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "promote"),
+    [(0.8, None, True), (0.8, 0.7, True), (0.71, 0.7, False), (0.7, 0.7, False), (0.6, 0.7, False)],
+    ids=["no-champion", "better", "better-within-margin", "equal", "worse"],
+)
+def test_decide(challenger: float, champion: float | None, promote: bool) -> None:
+    decision = promotion.decide(challenger, champion, margin=0.02)
+    assert decision.promote is promote
+    assert decision.challenger_score == challenger and decision.champion_score == champion
+
+
+def test_equal_scores_never_promote_even_with_zero_margin() -> None:
+    assert not promotion.decide(0.5, 0.5, margin=0.0).promote
+    assert promotion.decide(0.51, 0.5, margin=0.0).promote
+
+
+def test_aliases_follow_decisions(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "selftok-tokenizer"}')
+    tracking.configure(tmp_path, "promotion")
+    name = "selftok-test-model"
+
+    def new_version() -> str:
+        with mlflow.start_run():
+            return tracking.log_model_dir(tmp_path / "m", name)
+
+    v1 = new_version()
+    promotion.apply(name, v1, promotion.decide(0.6, None, 0.01))
+    assert tracking.alias_version(name, "champion") == v1 == tracking.alias_version(name, "challenger")
+
+    v2 = new_version()
+    previous = promotion.apply(name, v2, promotion.decide(0.55, 0.6, 0.01))
+    assert previous == v1
+    assert tracking.alias_version(name, "champion") == v1 and tracking.alias_version(name, "challenger") == v2
+
+    v3 = new_version()
+    promotion.apply(name, v3, promotion.decide(0.7, 0.6, 0.01))
+    assert tracking.alias_version(name, "champion") == v3
+    tags = mlflow.tracking.MlflowClient().get_model_version(name, v3).tags
+    assert tags["promotion.promote"] == "True" and tags["promotion.champion_score"] == "0.6"
