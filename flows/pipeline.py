@@ -88,12 +88,18 @@ def summary_markdown(results: list[dict[str, Any]], metrics: dict[str, Any]) -> 
 
 
 @flow(name="selftok-pipeline", log_prints=True)
-def pipeline(root: str = ".", stages: list[str] | None = None, force: bool = False) -> list[dict[str, Any]]:
-    """Run the DVC stages in order (all, or the named ones), under one MLflow parent run."""
+def pipeline(
+    root: str = ".", stages: list[str] | None = None, force: bool = False, force_stages: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Run the DVC stages in order (all, or the named ones), under one MLflow parent run.
+
+    ``force`` reruns every selected stage; ``force_stages`` only those (e.g. ``ingest`` when
+    a folder source may hold new files that DVC cannot see).
+    """
     project = Path(root).resolve()
     params = load_params(project / "params.yaml")
     order = stage_order(project)
-    unknown = sorted(set(stages or []) - set(order))
+    unknown = sorted((set(stages or []) | set(force_stages or [])) - set(order))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {order}")
     selected = [s for s in order if not stages or s in stages]
@@ -113,7 +119,7 @@ def pipeline(root: str = ".", stages: list[str] | None = None, force: bool = Fal
                 reproduce.with_options(retries=params.pipeline.retries,
                                        retry_delay_seconds=params.pipeline.retry_delay_seconds,
                                        timeout_seconds=params.pipeline.stage_timeout_seconds)(
-                    stage, str(project), parent.info.run_id, force)
+                    stage, str(project), parent.info.run_id, force or stage in (force_stages or []))
                 for stage in selected
             ]
             metrics = headline_metrics(project)

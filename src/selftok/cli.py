@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import logging
 import shutil
 import sys
@@ -16,10 +16,16 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from selftok.config import PARAMS_FILE, ConfigError, load_params
+from selftok.vlm import cli as vlm_cli
 
 app = typer.Typer(help="Selftok pipeline: data, tokenizer, AR VLM, RL and evaluation.", no_args_is_help=True)
 profile_app = typer.Typer(help="Params profiles (same schema as params.yaml) under profiles/.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
+bench_app = typer.Typer(help="Speed benchmarks, merged into metrics/bench.json.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.command("generate")(vlm_cli.generate)
+app.command("caption")(vlm_cli.caption)
+bench_app.command("vlm")(vlm_cli.bench_vlm)
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project root (holds params.yaml and dvc.yaml).")]
@@ -52,27 +58,24 @@ def stage(
 
     Prefer `dvc repro NAME`, which runs the stage only when its params, deps or code changed.
     """
-    from selftok.stages.base import run_stage
+    from selftok.data.shards import ShardError
+    from selftok.stages.base import StageError, run_stage
 
     _setup_logging(verbose)
     try:
         metrics = run_stage(name, root, params)
-    except (ConfigError, KeyError, FileNotFoundError) as error:
+    except (ConfigError, KeyError, FileNotFoundError, StageError, ShardError) as error:
         _fail(str(error).strip("'\""))
     console.print_json(data=metrics)
 
 
 def load_flow_module(root: Path, name: str) -> ModuleType:
-    """Import flows/NAME.py from the project (flows/ is a top-level folder, not a package)."""
-    path = root / "flows" / f"{name}.py"
-    if not path.is_file():
-        _fail(f"{path}: flow file not found; run from the project root or pass --root")
-    spec = importlib.util.spec_from_file_location(f"selftok_flows_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """Import flows/NAME.py from the project (flows/ is a top-level folder beside src/)."""
+    if not (root / "flows" / f"{name}.py").is_file():
+        _fail(f"{root / 'flows' / name}.py: flow file not found; run from the project root or pass --root")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module(f"flows.{name}")
 
 
 def prefect_env(root: Path) -> None:
@@ -184,6 +187,50 @@ def ui(root: Root = Path("."), port: int = 5000) -> None:
     console.print(f"MLflow UI on http://127.0.0.1:{port} (store {uri})")
     os.execvpe(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                 "--host", "127.0.0.1", "--port", str(port)], env)
+
+
+@app.command()
+def schedule(
+    cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 3 * * *' (03:00 daily).")] = "0 3 * * *",
+    root: Root = Path("."),
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server started when none is configured.")] = 4200,
+) -> None:
+    """Serve scheduled retraining (flows/retrain.py) until Ctrl-C.
+
+    Uses the Prefect server in PREFECT_API_URL; without one, starts a local server on
+    127.0.0.1 for as long as this command runs. The schedule stays active after it stops.
+    """
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    _setup_logging()
+    project = root.resolve()
+    prefect_env(project)
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        api = f"http://127.0.0.1:{port}/api"
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{api}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            server.terminate()
+            _fail(f"local Prefect server did not answer on {api} within 120 s")
+        os.environ["PREFECT_API_URL"] = api
+        console.print(f"started a local Prefect server: UI on http://127.0.0.1:{port}")
+    try:
+        retrain = load_flow_module(project, "retrain").retrain
+        retrain.serve(name="selftok-retrain", cron=cron, parameters={"root": str(project)}, pause_on_shutdown=False)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 @app.command("check-params")

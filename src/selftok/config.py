@@ -16,7 +16,9 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from selftok.data.scenes import CATEGORIES, COLORS, SHAPES
+from selftok.eval.params import EvaluatorParams, GenevalParams
 from selftok.schema import StrictModel
+from selftok.vlm.params import VLMParams
 
 PARAMS_FILE = "params.yaml"
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -27,6 +29,7 @@ class ConfigError(ValueError):
 
 
 class ScenesSource(StrictModel):
+    seed: int = 0  # generator seed: a new value is new data (see flows/retrain.py)
     n_train: int = Field(4000, ge=1)
     n_val: int = Field(256, ge=1)
     min_objects: int = Field(1, ge=1, le=4)
@@ -121,6 +124,9 @@ class Params(StrictModel):
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     tokenize: TokenizeParams = TokenizeParams()
+    vlm: VLMParams = VLMParams()
+    evaluator: EvaluatorParams = EvaluatorParams()
+    geneval: GenevalParams = GenevalParams()
     pipeline: PipelineParams = PipelineParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -11,7 +11,7 @@ from selftok.stages.base import read_spec, run_stage
 
 def test_spec_is_read_from_dvc_yaml(project: Path) -> None:
     spec = read_spec(project, "ingest")
-    assert spec.params == ["seed", "data"]
+    assert spec.params == ["data"]
     assert "src/selftok/stages/ingest.py" in spec.deps and spec.outs == ["data/shards"]
     with pytest.raises(KeyError, match="stage 'nope' is not in"):
         read_spec(project, "nope")

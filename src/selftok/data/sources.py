@@ -57,7 +57,7 @@ def apply_policy(data: bytes, params: DataParams) -> tuple[bytes, dict[str, Any]
         return data, {"decode_error": str(error)[:200]}
 
 
-def scene_samples(params: DataParams, seed: int, split: str) -> Iterator[Sample]:
+def scene_samples(params: DataParams, split: str) -> Iterator[Sample]:
     cfg = params.scenes
     generator = SceneGenerator(
         SceneConfig(
@@ -68,7 +68,7 @@ def scene_samples(params: DataParams, seed: int, split: str) -> Iterator[Sample]
             categories=tuple(cfg.categories),
             holdout=tuple(cfg.holdout),
         ),
-        seed=seed,
+        seed=cfg.seed,
     )
     for index in range(cfg.n_train if split == "train" else cfg.n_val):
         scene = generator.scene(split, index)  # type: ignore[arg-type]
@@ -145,9 +145,9 @@ def shard_samples(params: DataParams, split: str) -> Iterator[Sample]:
             yield out
 
 
-def samples(params: DataParams, seed: int, split: str) -> Iterator[Sample]:
+def samples(params: DataParams, split: str) -> Iterator[Sample]:
     if params.source == "scenes":
-        return scene_samples(params, seed, split)
+        return scene_samples(params, split)
     if params.source == "folder":
         return folder_samples(params, split)
     return shard_samples(params, split)

@@ -28,6 +28,10 @@ log = logging.getLogger("selftok.stage")
 Metrics = dict[str, Any]
 
 
+class StageError(RuntimeError):
+    """A stage ran and refused its inputs (e.g. a failed data contract); the message says why."""
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """A stage as declared in dvc.yaml."""

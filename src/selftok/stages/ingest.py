@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> Metrics:
         for split in sources.SPLITS:
             total = getattr(data.scenes, f"n_{split}") if data.source == "scenes" else None
             task = progress.add_task(f"ingest {split} ({data.source})", total=total)
-            write_shards(record(sources.samples(data, ctx.params.seed, split), split), ctx.path(SHARDS) / split,
+            write_shards(record(sources.samples(data, split), split), ctx.path(SHARDS) / split,
                          data.shard_size)
 
     manifest = pd.DataFrame(rows).sort_values("key", kind="stable").reset_index(drop=True)

@@ -1,0 +1,98 @@
+"""Integration: the real stages through DVC and the Prefect flow, on the smoke profile."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from selftok import tracking
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dvc(project: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def stage_runs(project: Path) -> list:
+    mlflow.set_tracking_uri(tracking.tracking_uri(project))
+    return mlflow.search_runs(experiment_names=["selftok-smoke"], output_format="list")
+
+
+def test_dvc_order_is_topological() -> None:
+    from flows.pipeline import stage_order
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    order = stage_order(ROOT)
+    produced = {out if isinstance(out, str) else next(iter(out)): name for name in order for out in stages[name].get("outs", [])}
+    for position, name in enumerate(order):
+        for dep in stages[name].get("deps", []):
+            producer = next((stage for out, stage in produced.items() if dep == out or dep.startswith(out + "/")), None)
+            assert producer is None or order.index(producer) < position, f"{name} runs before {producer}"
+
+
+def test_dvc_repro_validate_then_skip(project: Path) -> None:
+    first = dvc(project, "repro", "validate")
+    assert "Running stage 'ingest'" in first and "Running stage 'validate'" in first
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {"ingest", "validate"}
+    assert lock["validate"]["params"]["params.yaml"]["data.image_size"] == 16
+    validate = json.loads((project / "metrics" / "validate.json").read_text())
+    assert validate["n_accepted"] == 192 and validate["n_quarantined"] == 0
+    assert (project / "data" / "accepted" / "manifest.parquet").is_file()
+    runs = stage_runs(project)
+    assert sorted(r.data.tags["dvc.stage"] for r in runs) == ["ingest", "validate"]
+    for run in runs:
+        assert len(run.data.tags["params.hash"]) == 16 and run.data.tags["git.commit"]
+    assert "input.data/shards.sha256" in next(r for r in runs if r.data.tags["dvc.stage"] == "validate").data.tags
+
+    second = dvc(project, "repro", "validate")
+    assert "Stage 'ingest' didn't change, skipping" in second
+    assert "Stage 'validate' didn't change, skipping" in second
+    assert len(stage_runs(project)) == 2
+
+
+def test_changed_param_reruns_only_downstream(project: Path) -> None:
+    dvc(project, "repro", "validate")
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("caption_max_chars: 200", "caption_max_chars: 180"))
+    out = dvc(project, "repro", "validate")
+    assert "Stage 'ingest' didn't change, skipping" in out and "Running stage 'validate'" in out
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def test_flow_runs_stages_then_skips_and_names_a_failing_stage(project: Path, prefect_harness) -> None:
+    from flows.pipeline import StageFailed, pipeline
+
+    first = pipeline(root=str(project), stages=["ingest", "validate"])
+    assert [(r["stage"], r["skipped"]) for r in first] == [("ingest", False), ("validate", False)]
+    runs = stage_runs(project)
+    parent = next(r for r in runs if r.info.run_name == "pipeline")
+    assert parent.data.tags["prefect.flow_run_id"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["dvc.stage"] for r in children) == ["ingest", "validate"]
+
+    second = pipeline(root=str(project), stages=["ingest", "validate"])
+    assert [r["skipped"] for r in second] == [True, True]
+
+    # Break validate: the flow fails naming it, and ingest's outputs are left intact.
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("caption_min_chars: 3", "caption_min_chars: 100"))
+    shards = sorted((project / "data" / "shards").rglob("*.tar"))
+    with pytest.raises(StageFailed, match="stage 'validate' failed"):
+        pipeline(root=str(project), stages=["ingest", "validate"])
+    assert sorted((project / "data" / "shards").rglob("*.tar")) == shards
