@@ -1,0 +1,1 @@
+"""RL on visual tokens (Selftok-Zero): GRPO over the AR model's image generations."""

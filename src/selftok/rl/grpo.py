@@ -1,0 +1,77 @@
+"""Group-normalised policy gradient over visual tokens (GRPO, as in Selftok-Zero).
+
+For each prompt a group of G images is sampled and rewarded; a sample's advantage is its
+reward standardised within its group, shared by every visual token of that sample. The loss is
+
+    - mean_i mean_k [ min(r_ik A_i, clip(r_ik, 1-eps, 1+eps) A_i) ] + beta * mean_i mean_k KL_ik
+
+with r_ik = pi(v_k | prefix) / pi_old(v_k | prefix) (exactly 1 in value, with the gradient of
+log pi, when each batch is used for a single update, i.e. plain policy gradient) and KL the k3
+estimator against a frozen reference policy: exp(ref - logp) - (ref - logp) - 1, which is
+non-negative and unbiased for KL(pi || ref).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """Rewards [N] laid out prompt-major (G consecutive samples per prompt) -> advantages [N].
+
+    A group whose rewards are all equal carries no signal and gets zero advantage.
+    """
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} entries, got {tuple(rewards.shape)}")
+    groups = rewards.view(-1, group_size)
+    mean = groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, keepdim=True, correction=0) if group_size > 1 else torch.zeros_like(mean)
+    return ((groups - mean) / (std + eps)).flatten()
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || ref) from log-probs of the sampled tokens."""
+    log_ratio = ref_logp - logp
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each position's distribution: logits [..., V] -> [...]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@dataclass(frozen=True)
+class LossParts:
+    loss: torch.Tensor
+    policy: torch.Tensor
+    kl: torch.Tensor
+    clipped_fraction: torch.Tensor
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    beta: float,
+    clip: float,
+    mask: torch.Tensor | None = None,
+) -> LossParts:
+    """logp/old_logp/ref_logp [N, K] for the sampled visual tokens; advantages [N]."""
+    mask = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
+    ratio = torch.exp(logp - old_logp.detach())
+    adv = advantages.detach().unsqueeze(1)
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = k3_kl(logp, ref_logp.detach()) if ref_logp is not None and beta > 0 else torch.zeros_like(logp)
+    per_sample = ((per_token + beta * kl) * mask).sum(1) / mask.sum(1).clamp_min(1)
+    denominator = mask.sum().clamp_min(1)
+    return LossParts(
+        loss=per_sample.mean(),
+        policy=(per_token * mask).sum() / denominator,
+        kl=(kl * mask).sum() / denominator,
+        clipped_fraction=((unclipped != clipped).to(logp.dtype) * mask).sum() / denominator,
+    )

@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from selftok.rl.grpo import group_advantages, grpo_loss, k3_kl, token_entropy
+
+
+def test_group_advantages_by_hand() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
+    adv = group_advantages(rewards, group_size=4, eps=0.0)
+    # group 1: mean 0.5, population std 0.5 -> +-1; group 2: constant -> 0 (eps avoids 0/0)
+    assert torch.allclose(adv[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    assert torch.equal(group_advantages(rewards, 4)[4:], torch.zeros(4))
+    noisy = torch.rand(12, generator=torch.Generator().manual_seed(0))
+    assert float(group_advantages(noisy, 3).view(4, 3).mean(1).abs().max()) < 1e-5
+
+
+def test_group_advantages_rejects_ragged_groups() -> None:
+    with pytest.raises(ValueError, match="multiple of group_size=4"):
+        group_advantages(torch.zeros(6), 4)
+
+
+def test_k3_by_hand_and_properties() -> None:
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    # ratio ref/pi = 0.5: 0.5 - log(0.5) - 1
+    assert torch.allclose(k3_kl(logp, ref), torch.tensor([0.5 - math.log(0.5) - 1]))
+    assert torch.equal(k3_kl(ref, ref), torch.zeros(1))
+    assert (k3_kl(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def test_k3_is_unbiased_for_kl() -> None:
+    pi, ref = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.3, 0.3, 0.4])
+    samples = torch.multinomial(pi, 200_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    estimate = k3_kl(pi.log()[samples], ref.log()[samples]).mean()
+    exact = (pi * (pi / ref).log()).sum()
+    assert abs(float(estimate - exact)) < 0.01
+
+
+def test_loss_gradient_pushes_up_positive_advantages() -> None:
+    logits = torch.zeros(2, 3, 5, requires_grad=True)
+    tokens = torch.tensor([[0, 1, 2], [3, 4, 0]])
+    logp = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    parts = grpo_loss(logp, logp.detach(), logp.detach(), torch.tensor([1.0, -1.0]), beta=0.04, clip=0.2)
+    parts.loss.backward()
+    assert float(parts.kl) == 0.0 and float(parts.clipped_fraction) == 0.0
+    assert (logits.grad[0].gather(-1, tokens[0].unsqueeze(-1)) < 0).all()  # descent raises these
+    assert (logits.grad[1].gather(-1, tokens[1].unsqueeze(-1)) > 0).all()
+
+
+def test_clipping_and_mask() -> None:
+    logp = torch.tensor([[0.0, 0.0]])
+    old = torch.tensor([[-1.0, 0.0]])  # first token's ratio e > 1 + clip
+    parts = grpo_loss(logp, old, None, torch.tensor([1.0]), beta=0.0, clip=0.2)
+    assert float(parts.clipped_fraction) == 0.5
+    masked = grpo_loss(logp, old, None, torch.tensor([1.0]), beta=0.0, clip=0.2, mask=torch.tensor([[0.0, 1.0]]))
+    assert float(masked.loss) == pytest.approx(-1.0)
+
+
+def test_entropy_of_uniform() -> None:
+    assert torch.allclose(token_entropy(torch.zeros(4, 8)), torch.full((4,), math.log(8)))
