@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from selftok.data.scenes import CATEGORIES, COLORS, SHAPES
 from selftok.eval.params import EvaluatorParams, GenevalParams
+from selftok.rl.params import RLParams
 from selftok.schema import StrictModel
 from selftok.vlm.params import VLMParams
 
@@ -127,6 +128,7 @@ class Params(StrictModel):
     vlm: VLMParams = VLMParams()
     evaluator: EvaluatorParams = EvaluatorParams()
     geneval: GenevalParams = GenevalParams()
+    rl: RLParams = RLParams()
     pipeline: PipelineParams = PipelineParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -1,0 +1,31 @@
+"""params.yaml section `rl`: GRPO on visual tokens (Selftok-Zero, METHOD.md section 5).
+
+Generations use the VLM's sampling recipe (`vlm.sampling`: CFG, temperature, top-k), the same
+one evaluation uses, so the reward is measured on what the benchmark will see.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from selftok.schema import StrictModel
+
+Positive = Annotated[int, Field(ge=1)]
+
+
+class RLParams(StrictModel):
+    steps: Positive = 60
+    prompts_per_step: Positive = 8
+    group_size: int = Field(8, ge=2)  # G images per prompt (paper 24)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    beta: float = Field(0.04, ge=0.0)  # k3 KL weight against the frozen reference (paper 0.04-0.05)
+    clip: float = Field(0.2, gt=0.0, lt=1.0)  # ratio clipping, active when updates_per_batch > 1
+    updates_per_batch: Positive = 1  # >1: the old-policy variant (PPO-style ratios on reused samples)
+    advantage_eps: float = Field(1e-4, gt=0.0)
+    checkpoint_every: Positive = 10
+    log_every: Positive = 1
+    sample_every: Positive = 20  # steps between logged sample grids
