@@ -40,10 +40,11 @@ def stage_order(root: Path) -> list[str]:
     return list((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
 
 
-def _stage_env(parent_run_id: str) -> dict[str, str]:
+def _stage_env(root: Path, parent_run_id: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env[tracking.PARENT_RUN_ENV] = parent_run_id
+    env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(root)  # the parent run's store, whatever ran before
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -55,7 +56,7 @@ def reproduce(stage: str, root: str, parent_run_id: str, force: bool = False) ->
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     started = time.perf_counter()
     tail: list[str] = []
-    with subprocess.Popen(command, cwd=root, env=_stage_env(parent_run_id), stdout=subprocess.PIPE,
+    with subprocess.Popen(command, cwd=root, env=_stage_env(Path(root), parent_run_id), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
         assert process.stdout is not None
         for line in process.stdout:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +31,26 @@ def copy_project(dest: Path, profile: str = "smoke") -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_tools(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the user's MLflow store or Prefect home from a test."""
+def _isolated_tools(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Never touch the user's MLflow store or Prefect home from a test.
+
+    mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into this process's environment, so it
+    is dropped before and after every test: no subprocess inherits an earlier test's store.
+    """
     home = tmp_path_factory.getbasetemp()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     monkeypatch.delenv("SELFTOK_PARENT_RUN_ID", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(home / "prefect"))
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session")
+def project_factory():
+    """copy_project, for module-scoped fixtures that build their own project copy."""
+    return copy_project
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from selftok.config import PARAMS_FILE, ConfigError, load_params
+from selftok.tokenizer import cli as tokenizer_cli
 from selftok.vlm import cli as vlm_cli
 
 app = typer.Typer(help="Selftok pipeline: data, tokenizer, AR VLM, RL and evaluation.", no_args_is_help=True)
@@ -26,6 +27,10 @@ app.add_typer(bench_app, name="bench")
 app.command("generate")(vlm_cli.generate)
 app.command("caption")(vlm_cli.caption)
 bench_app.command("vlm")(vlm_cli.bench_vlm)
+app.command("encode")(tokenizer_cli.encode)
+app.command("decode")(tokenizer_cli.decode)
+app.command("reconstruct")(tokenizer_cli.reconstruct)
+bench_app.command("tokenizer")(tokenizer_cli.bench_tokenizer)
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project root (holds params.yaml and dvc.yaml).")]
@@ -102,6 +107,39 @@ def run(
     prefect_env(root.resolve())
     pipeline = load_flow_module(root.resolve(), "pipeline")
     pipeline.pipeline(root=str(root.resolve()), stages=stages, force=force)
+
+
+@bench_app.command("tokenize")
+def bench_tokenize(
+    root: Root = Path("."),
+    workers: Annotated[list[int] | None, typer.Option("--workers", help="Worker counts to time (repeatable).")] = None,
+) -> None:
+    """Re-tokenisation images/s at 1 and 2 worker processes -> metrics/bench.json (merged).
+
+    Encodes the accepted train shards into a temporary folder, so data/codes is untouched.
+    """
+    import functools
+    import tempfile
+    import time
+
+    from selftok.data.retokenize import run_jobs
+    from selftok.stages.tokenize import TOKENIZER, load_tokenizer, plan
+    from selftok.tracking import file_hash
+    from selftok.vlm.bench import merge_bench
+
+    _setup_logging()
+    batch = load_params(root / PARAMS_FILE).tokenize.batch_size
+    jobs = [j for j in plan(root, file_hash(root / TOKENIZER)) if j.target.parent.name == "train"]
+    images = sum(len(j.keys) for j in jobs)
+    results = {}
+    for count in workers or [1, 2]:
+        with tempfile.TemporaryDirectory() as tmp:
+            moved = [type(j)(j.source, Path(tmp) / j.target.name, j.keys, j.tokenizer_digest) for j in jobs]
+            started = time.perf_counter()
+            run_jobs(moved, functools.partial(load_tokenizer, root), batch, count)
+            results[f"tokenize_images_per_s_{count}_workers"] = images / (time.perf_counter() - started)
+    console.print_json(data=results)
+    console.print(f"merged into {merge_bench(root, results)}")
 
 
 @app.command("check-codes")
@@ -231,6 +269,23 @@ def schedule(
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+
+
+@app.command()
+def report(root: Root = Path(".")) -> None:
+    """Rebuild reports/index.html from the last evaluate run and print where it is."""
+    import json
+
+    from selftok import tracking
+    from selftok.eval.report import build_report
+
+    metrics_file = root / "metrics" / "evaluate.json"
+    if not metrics_file.is_file():
+        _fail(f"{metrics_file}: not found; run `dvc repro evaluate` first")
+    experiment = load_params(root / PARAMS_FILE).tracking.experiment
+    tracking.configure(root.resolve(), experiment)
+    index = build_report(root.resolve(), json.loads(metrics_file.read_text()), experiment)
+    console.print(f"report: {index}")
 
 
 @app.command("check-params")

@@ -19,6 +19,7 @@ from selftok.data.scenes import CATEGORIES, COLORS, SHAPES
 from selftok.eval.params import EvaluatorParams, GenevalParams
 from selftok.rl.params import RLParams
 from selftok.schema import StrictModel
+from selftok.tokenizer.params import RendererParams, TokenizerParams
 from selftok.vlm.params import VLMParams
 
 PARAMS_FILE = "params.yaml"
@@ -108,6 +109,14 @@ class TokenizeParams(StrictModel):
     check_samples: int = Field(64, ge=1)  # val samples decoded back and compared
 
 
+class EvaluateParams(StrictModel):
+    """The evaluate stage: how much val data, decode steps, and the promotion margin."""
+
+    val_images: int = Field(128, ge=8)
+    decode_steps: int = Field(20, ge=1)  # Euler steps of diffusion decodes in the reconstruction table
+    promotion_margin: Fraction = 0.02  # new model must beat the champion's overall score by this much
+
+
 class PipelineParams(StrictModel):
     """How Prefect runs each stage task."""
 
@@ -124,11 +133,14 @@ class Params(StrictModel):
     seed: int = 0
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    tokenizer: TokenizerParams = TokenizerParams()
+    renderer: RendererParams = RendererParams()
     tokenize: TokenizeParams = TokenizeParams()
     vlm: VLMParams = VLMParams()
     evaluator: EvaluatorParams = EvaluatorParams()
     geneval: GenevalParams = GenevalParams()
     rl: RLParams = RLParams()
+    evaluate: EvaluateParams = EvaluateParams()
     pipeline: PipelineParams = PipelineParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -20,6 +20,7 @@ MODEL_CLASSES: dict[str, str] = {
     "selftok-tokenizer": "selftok.tokenizer.model:SelftokTokenizer",
     "selftok-renderer": "selftok.tokenizer.model:SelftokTokenizer",
     "selftok-evaluator": "selftok.eval.evaluator:SceneEvaluator",
+    "selftok-vlm": "selftok.vlm.model:SelftokVLM",
 }
 
 

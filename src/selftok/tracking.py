@@ -23,8 +23,13 @@ PARENT_RUN_ENV = "SELFTOK_PARENT_RUN_ID"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
+# What the user set, read before anything here calls mlflow.set_tracking_uri (which writes this
+# variable itself, so reading it later would return whichever project was configured last).
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+    return USER_TRACKING_URI or f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
 
 
 def configure(root: Path, experiment: str) -> str:
@@ -158,4 +163,6 @@ def log_model_dir(model_dir: Path, registered_name: str) -> str:
         pip_requirements=[f"selftok=={__version__}"],
         registered_model_name=registered_name,
     )
-    return str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    MlflowClient().set_model_version_tag(registered_name, version, "weights.sha256", file_hash(model_dir))
+    return version

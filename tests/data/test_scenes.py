@@ -93,3 +93,11 @@ def test_bad_config_is_rejected() -> None:
         SceneGenerator(SceneConfig(categories=("faces",)), seed=0)
     with pytest.raises(ValueError, match="unknown prompt category"):
         make_prompt("faces", ["circle"])
+
+
+def test_excluded_captions_are_redrawn(generator: SceneGenerator) -> None:
+    captions = [generator.scene("train", i).caption for i in range(100)]
+    banned = frozenset(captions[:10])
+    redrawn = [generator.scene("train", i, exclude=banned).caption for i in range(100)]
+    assert not banned & set(redrawn)
+    assert [c for c in captions if c not in banned] == [r for c, r in zip(captions, redrawn, strict=True) if c not in banned]

@@ -6,12 +6,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from selftok.config import load_params
+from selftok.eval.geneval import prompt_sets
 from selftok.stages.base import read_spec, run_stage
 
 
 def test_spec_is_read_from_dvc_yaml(project: Path) -> None:
     spec = read_spec(project, "ingest")
-    assert spec.params == ["data"]
+    assert spec.params == ["seed", "data", "geneval"]
     assert "src/selftok/stages/ingest.py" in spec.deps and spec.outs == ["data/shards"]
     with pytest.raises(KeyError, match="stage 'nope' is not in"):
         read_spec(project, "nope")
@@ -27,6 +29,9 @@ def test_ingest_is_byte_identical_and_manifest_matches(project: Path, tmp_path: 
     assert manifest["key"].is_unique and (manifest["width"] == 16).all() and (manifest["mode"] == "RGB").all()
     assert all(json.loads(m)["prompt"]["prompt"] == c for m, c in zip(manifest["metadata"], manifest["caption"], strict=True))
     assert json.loads((project / "metrics" / "ingest.json").read_text()) == metrics
+    heldout = {r["prompt"] for r in prompt_sets(load_params(project / "params.yaml"))["heldout"]}
+    train_captions = set(manifest.loc[manifest["split"] == "train", "caption"])
+    assert heldout and not heldout & train_captions
 
     other = tmp_path / "again"
     subprocess.run(["cp", "-r", str(project), str(other)], check=True)

@@ -271,9 +271,14 @@ class SceneGenerator:
         margin = (a.box[2] - a.box[0]) * 0.5
         return relation_between(a, b) == relation and max(abs(dx), abs(dy)) >= margin + abs(min(abs(dx), abs(dy)))
 
-    def scene(self, split: Split, index: int) -> Scene:
+    def scene(self, split: Split, index: int, exclude: frozenset[str] = frozenset()) -> Scene:
+        """Scene ``index`` of a split; captions in ``exclude`` (held-out prompts) are redrawn."""
         rng = self.rng(split, index)
-        return self.compose(self.sample_prompt(rng, split), rng, split)
+        for _ in range(1000):
+            prompt = self.sample_prompt(rng, split)
+            if prompt["prompt"] not in exclude:
+                return self.compose(prompt, rng, split)
+        raise RuntimeError(f"every prompt drawn for {split} scene {index} is excluded; is every prompt held out?")
 
     def scene_for_prompt(self, prompt: dict[str, Any], index: int, split: Split = "eval") -> Scene:
         """A real render of a given prompt (e.g. a held-out evaluation prompt)."""

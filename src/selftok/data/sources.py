@@ -57,7 +57,8 @@ def apply_policy(data: bytes, params: DataParams) -> tuple[bytes, dict[str, Any]
         return data, {"decode_error": str(error)[:200]}
 
 
-def scene_samples(params: DataParams, split: str) -> Iterator[Sample]:
+def scene_samples(params: DataParams, split: str, exclude: frozenset[str] = frozenset()) -> Iterator[Sample]:
+    """Rendered scenes; captions in ``exclude`` (the benchmark's held-out prompts) are never drawn."""
     cfg = params.scenes
     generator = SceneGenerator(
         SceneConfig(
@@ -71,7 +72,7 @@ def scene_samples(params: DataParams, split: str) -> Iterator[Sample]:
         seed=cfg.seed,
     )
     for index in range(cfg.n_train if split == "train" else cfg.n_val):
-        scene = generator.scene(split, index)  # type: ignore[arg-type]
+        scene = generator.scene(split, index, exclude)  # type: ignore[arg-type]
         yield {
             "__key__": f"{split}-{index:07d}",
             "png": png_bytes(render(scene)),
@@ -145,9 +146,9 @@ def shard_samples(params: DataParams, split: str) -> Iterator[Sample]:
             yield out
 
 
-def samples(params: DataParams, split: str) -> Iterator[Sample]:
+def samples(params: DataParams, split: str, exclude: frozenset[str] = frozenset()) -> Iterator[Sample]:
     if params.source == "scenes":
-        return scene_samples(params, split)
+        return scene_samples(params, split, exclude)
     if params.source == "folder":
         return folder_samples(params, split)
     return shard_samples(params, split)

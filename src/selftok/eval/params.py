@@ -25,7 +25,7 @@ class Corruption(StrictModel):
 class EvaluatorParams(StrictModel):
     grid: int = Field(4, ge=1)  # detection cells per image side; one object centre per cell at most
     width: int = Field(16, ge=4)  # channels at full resolution (doubled per halving, capped at 8x)
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)

@@ -17,6 +17,7 @@ from rich.progress import Progress
 
 from selftok.data import sources
 from selftok.data.shards import SHARD_PATTERN, write_shards
+from selftok.eval.geneval import prompt_sets
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
 
@@ -69,11 +70,13 @@ def run(ctx: StageContext) -> Metrics:
             progress.advance(task)
             yield sample
 
+    # Held-out benchmark prompts never caption a training image (they are for evaluation only).
+    heldout = frozenset(r["prompt"] for r in prompt_sets(ctx.params)["heldout"])
     with Progress(transient=True) as progress:
         for split in sources.SPLITS:
             total = getattr(data.scenes, f"n_{split}") if data.source == "scenes" else None
             task = progress.add_task(f"ingest {split} ({data.source})", total=total)
-            write_shards(record(sources.samples(data, split), split), ctx.path(SHARDS) / split,
+            write_shards(record(sources.samples(data, split, heldout if split == "train" else frozenset()), split), ctx.path(SHARDS) / split,
                          data.shard_size)
 
     manifest = pd.DataFrame(rows).sort_values("key", kind="stable").reset_index(drop=True)

@@ -37,6 +37,7 @@ class SamplingParams(StrictModel):
 
     cfg_scale: float = Field(3.0, ge=0.0)  # 1: no guidance; logits = uncond + scale * (cond - uncond)
     temperature: float = Field(1.0, gt=0.0)
+    min_p: Fraction = 0.1  # drop tokens whose conditional probability is < min_p x the top one (0: off)
     top_k: int = Field(0, ge=0)  # 0: the whole visual vocabulary
     samples_per_prompt: Positive = 4
     seed: int = 0

@@ -1,0 +1,324 @@
+"""GenEval-style benchmark on the scene world: prompt sets, rule checks, scores and RL rewards.
+
+Prompt records have GenEval's evaluation_metadata.jsonl structure (tag, prompt, include
+[{class, count, color?, position?}], exclude) and are judged by GenEval's rules on the objects
+the scene evaluator finds: each included class must appear ``count`` times, the first
+``count`` objects of the class must have the colour asked for, positioned objects must stand
+in the asked relation to every object of the referenced group (GenEval's relative_position
+with its 0.1 size margin), and excluded classes must appear fewer than ``count`` times.
+One deliberate difference: GenEval takes the most confident objects of a class before checking
+colour; we take objects of the asked colour first, so a correct object is never hidden behind
+a wrong one that the evaluator happens to score higher.
+
+The score is the mean over categories of the share of correct images (GenEval's overall).
+The RL reward gives partial credit: the mean of the sub-checks (present, count, colour,
+position), which is 1 exactly when the image is correct.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from selftok.data.scenes import CATEGORIES, COLORS, RELATIONS, SHAPES, SceneConfig, SceneGenerator, make_prompt, render
+from selftok.eval.evaluator import ParsedObject, SceneEvaluator, objects_from_metadata
+from selftok.eval.params import GenevalParams
+
+POSITION_THRESHOLD = 0.1  # GenEval: offsets shrink by this share of the summed object sizes
+INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+PROMPT_FILES = {"train": "train.jsonl", "heldout": "heldout.jsonl"}
+
+if TYPE_CHECKING:  # selftok.config imports this package's params; only the annotation is needed
+    from selftok.config import Params
+
+Record = dict[str, Any]
+
+
+# --- prompt sets ----------------------------------------------------------------------------
+def prompt_groups(config: SceneConfig) -> dict[str, list[list[Record]]]:
+    """Every prompt of each category, grouped so that wordings of one request (``a and b`` /
+    ``b and a``; ``a left of b`` / ``b right of a``) always land in the same prompt set."""
+    pairs = [(a, b) for i, a in enumerate(SHAPES) for b in SHAPES[i + 1 :]]
+    colour_pairs = [(x, y) for x in COLORS for y in COLORS if x != y]
+    groups: dict[str, list[list[Record]]] = {
+        "single_object": [[make_prompt("single_object", [s])] for s in SHAPES],
+        "two_objects": [[make_prompt("two_objects", [a, b]), make_prompt("two_objects", [b, a])] for a, b in pairs],
+        "counting": [[make_prompt("counting", [s], count=n)] for s in SHAPES for n in range(2, config.max_objects + 1)],
+        "colors": [[make_prompt("colors", [s], [c])] for c in COLORS for s in SHAPES],
+        "position": [
+            [make_prompt("position", [a, b], relation=r), make_prompt("position", [b, a], relation=INVERSE[r])]
+            for a, b in pairs
+            for r in RELATIONS
+        ],
+        "color_attr": [
+            [make_prompt("color_attr", [a, b], [x, y]), make_prompt("color_attr", [b, a], [y, x])]
+            for a, b in pairs
+            for x, y in colour_pairs
+        ],
+    }
+    return {tag: groups[tag] for tag in config.categories if groups[tag]}
+
+
+def _uses_holdout(group: list[Record], holdout: set[tuple[str, str]]) -> bool:
+    return any((item.get("color"), item["class"]) in holdout for record in group for item in record["include"])
+
+
+def build_prompt_sets(config: SceneConfig, seed: int, params: GenevalParams) -> dict[str, list[Record]]:
+    """Training and held-out prompt sets, deterministic in ``seed``. Their prompt strings are
+    disjoint, and every prompt naming a held-out colour-shape pair (never drawn in the train
+    split) is held out, so the benchmark also measures compositional generalisation."""
+    holdout = {tuple(pair.split(" ", 1)) for pair in config.holdout}
+    sets: dict[str, list[Record]] = {"train": [], "heldout": []}
+    for tag, groups in prompt_groups(config).items():
+        rng = random.Random(f"{seed}/prompts/{tag}")
+        groups = list(groups)
+        rng.shuffle(groups)
+        forced = [g for g in groups if _uses_holdout(g, holdout)]
+        free = [g for g in groups if not _uses_holdout(g, holdout)]
+        k = round(params.heldout_fraction * len(free))
+        if len(free) >= 2:
+            k = min(max(k, 0 if forced else 1), len(free) - 1)
+        heldout = [r for g in forced + free[:k] for r in g]
+        rng.shuffle(heldout)
+        train = [r for g in free[k:] for r in g]
+        sets["heldout"] += heldout[: params.max_heldout_per_category]
+        sets["train"] += train[: params.max_train_per_category]
+    return sets
+
+
+def scene_config(params: Params) -> SceneConfig:
+    """The scene world a params file describes (image size, object counts, categories, holdout)."""
+    scenes = params.data.scenes
+    return SceneConfig(
+        image_size=params.data.image_size,
+        min_objects=scenes.min_objects,
+        max_objects=scenes.max_objects,
+        object_size=scenes.object_size,
+        categories=tuple(scenes.categories),
+        holdout=tuple(scenes.holdout),
+    )
+
+
+def prompt_sets(params: Params) -> dict[str, list[Record]]:
+    """The training and held-out prompt sets of a params file: one definition shared by ingest
+    (held-out prompts never caption a training image), VLM scoring, RL and evaluation."""
+    return build_prompt_sets(scene_config(params), params.seed, params.geneval)
+
+
+def write_prompt_sets(folder: Path, config: SceneConfig, seed: int, params: GenevalParams) -> dict[str, Path]:
+    """Write ``train.jsonl`` and ``heldout.jsonl`` (one GenEval record per line) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, records in build_prompt_sets(config, seed, params).items():
+        path = folder / PROMPT_FILES[name]
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        written[name] = path
+    return written
+
+
+def read_prompts(path: Path) -> list[Record]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prompt set not found")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- rules ----------------------------------------------------------------------------------
+def relative_position(a: ParsedObject, b: ParsedObject) -> set[str]:
+    """GenEval's relations of ``a`` to ``b``: centre offset shrunk by a margin of the sizes,
+    then every axis carrying over half of the (unshrunk) direction counts."""
+    (ax, ay), (bx, by) = a.center, b.center
+    offset = (ax - bx, ay - by)
+    dims = (
+        (a.box[2] - a.box[0]) + (b.box[2] - b.box[0]),
+        (a.box[3] - a.box[1]) + (b.box[3] - b.box[1]),
+    )
+    revised = [max(abs(o) - POSITION_THRESHOLD * d, 0.0) * math.copysign(1.0, o) for o, d in zip(offset, dims, strict=True)]
+    norm = math.hypot(*offset)
+    if all(abs(r) < 1e-3 for r in revised) or norm == 0:
+        return set()
+    dx, dy = revised[0] / norm, revised[1] / norm
+    relations = set()
+    if dx < -0.5:
+        relations.add("left of")
+    if dx > 0.5:
+        relations.add("right of")
+    if dy < -0.5:
+        relations.add("above")
+    if dy > 0.5:
+        relations.add("below")
+    return relations
+
+
+@dataclass
+class Judgement:
+    """GenEval's verdict on one image plus the sub-check scores the RL reward averages."""
+
+    correct: bool
+    checks: dict[str, float] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def reward(self) -> float:
+        return sum(self.checks.values()) / len(self.checks) if self.checks else float(self.correct)
+
+
+def judge(record: Record, objects: Sequence[ParsedObject]) -> Judgement:
+    """Check one prompt record against the objects found in an image."""
+    by_class: dict[str, list[ParsedObject]] = {}
+    for obj in sorted(objects, key=lambda o: -o.score):
+        by_class.setdefault(obj.shape, []).append(obj)
+    limits = {ex["class"]: ex["count"] for ex in record.get("exclude", [])}
+    result = Judgement(correct=True)
+    groups: list[list[ParsedObject] | None] = []
+
+    def fail(reason: str) -> None:
+        result.correct = False
+        result.reasons.append(reason)
+
+    for i, req in enumerate(record.get("include", [])):
+        cls, want, colour = req["class"], req["count"], req.get("color")
+        candidates = by_class.get(cls, [])
+        if colour:
+            candidates = sorted(candidates, key=lambda o: o.color != colour)  # stable: keeps score order
+        found = candidates[:want]
+        n = len(candidates)
+        matched = n >= want
+        result.checks[f"{i}.present"] = float(n > 0)
+        count_score = min(n, want) / want
+        if cls in limits and n >= limits[cls]:
+            count_score *= (limits[cls] - 1) / n
+        result.checks[f"{i}.count"] = count_score
+        if not matched:
+            fail(f"expected {cls}>={want}, found {n}")
+        if colour:
+            hits = sum(o.color == colour for o in candidates)
+            result.checks[f"{i}.color"] = min(hits, want) / want
+            if matched and hits < want:
+                matched = False
+                fail(f"expected {colour} {cls}>={want}, found {hits}")
+        if "position" in req:
+            relation, ref = req["position"]
+            target = groups[ref] if ref < len(groups) else None
+            pairs = [(o, t) for o in found for t in target or []]
+            hits = sum(relation in relative_position(o, t) for o, t in pairs)
+            result.checks[f"{i}.position"] = hits / len(pairs) if pairs else 0.0
+            if matched and (not pairs or hits < len(pairs)):
+                matched = False
+                fail(f"expected {cls} {relation} target {ref}")
+        groups.append(found if matched else None)
+    included = {req["class"] for req in record.get("include", [])}
+    for cls, limit in limits.items():
+        n = len(by_class.get(cls, []))
+        if cls not in included:
+            result.checks[f"exclude.{cls}"] = 1.0 if n < limit else (limit - 1) / n
+        if n >= limit:
+            fail(f"expected {cls}<{limit}, found {n}")
+    return result
+
+
+# --- scoring with the evaluator ------------------------------------------------------------
+def judge_images(records: Sequence[Record], images: torch.Tensor, evaluator: SceneEvaluator) -> list[Judgement]:
+    if len(records) != len(images):
+        raise ValueError(f"need one prompt record per image, got {len(records)} records and {len(images)} images")
+    return [judge(r, objs) for r, objs in zip(records, evaluator.parse(images), strict=True)]
+
+
+def reward(records: Sequence[Record], images: torch.Tensor, evaluator: SceneEvaluator) -> torch.Tensor:
+    """RL reward in [0, 1] per image: the evaluator parses the whole batch at once, then the
+    mean of each prompt's sub-checks (object present, count, colour, position)."""
+    return torch.tensor([j.reward for j in judge_images(records, images, evaluator)], dtype=torch.float32)
+
+
+def summarize(records: Sequence[Record], correct: Iterable[bool]) -> dict[str, Any]:
+    """GenEval's summary: share correct per category and overall = mean over categories."""
+    hits: dict[str, list[bool]] = {}
+    for record, ok in zip(records, correct, strict=True):
+        hits.setdefault(record["tag"], []).append(bool(ok))
+    per_category = {tag: sum(v) / len(v) for tag in CATEGORIES if (v := hits.get(tag))}
+    counts = {tag: len(v) for tag, v in hits.items()}
+    return {
+        "overall": sum(per_category.values()) / len(per_category) if per_category else 0.0,
+        **per_category,
+        "images": counts,
+    }
+
+
+def score(records: Sequence[Record], images: torch.Tensor, evaluator: SceneEvaluator) -> dict[str, Any]:
+    return summarize(records, (j.correct for j in judge_images(records, images, evaluator)))
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The per-category table of a summary, as Markdown."""
+    lines = ["| category | images | accuracy |", "|---|---|---|"]
+    for tag in CATEGORIES:
+        if tag in summary:
+            lines.append(f"| {tag} | {summary['images'][tag]} | {summary[tag]:.3f} |")
+    lines.append(f"| **overall** | {sum(summary['images'].values())} | {summary['overall']:.3f} |")
+    return "\n".join(lines)
+
+
+# --- sanity checks -------------------------------------------------------------------------
+def render_prompts(
+    records: Sequence[Record], generator: SceneGenerator, samples_per_prompt: int
+) -> tuple[list[Record], torch.Tensor, list[list[ParsedObject]]]:
+    """Real renders of prompts (``samples_per_prompt`` each): records, uint8 images, exact objects."""
+    rows, images, truths = [], [], []
+    for i, record in enumerate(records):
+        for s in range(samples_per_prompt):
+            scene = generator.scene_for_prompt(record, index=i * samples_per_prompt + s)
+            rows.append(record)
+            images.append(np.asarray(render(scene)))
+            truths.append(objects_from_metadata(scene.metadata()))
+    return rows, torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), truths
+
+
+def sanity_metrics(
+    evaluator: SceneEvaluator,
+    heldout: Sequence[Record],
+    generator: SceneGenerator,
+    samples_per_prompt: int,
+    pairs: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Does the benchmark measure what it claims? Real renders of held-out prompts should score
+    near 1; pure noise and renders paired with another prompt should score near chance (the
+    score exact objects get on the same shuffled pairs); the reward should prefer the matching
+    image of a prompt to a mismatched one."""
+    rows, images, truths = render_prompts(heldout, generator, samples_per_prompt)
+    judged = judge_images(rows, images, evaluator)
+    renders = summarize(rows, (j.correct for j in judged))
+    rng = random.Random(f"{seed}/sanity")
+    picks = [rng.randrange(len(rows)) for _ in range(pairs)]
+    # each picked image is paired with a prompt of another request (its shuffled partner)
+    partners = [(p + 1 + rng.randrange(len(rows) - 1)) % len(rows) for p in picks]
+    swapped = [rows[q] for q in partners]
+    keep = [k for k, (p, q) in enumerate(zip(picks, partners, strict=True)) if rows[p]["prompt"] != rows[q]["prompt"]]
+    picks, swapped = [picks[k] for k in keep], [swapped[k] for k in keep]
+    parsed = evaluator.parse(images[picks])
+    shuffled = summarize(swapped, (judge(r, o).correct for r, o in zip(swapped, parsed, strict=True)))
+    oracle = summarize(swapped, (judge(r, truths[p]).correct for r, p in zip(swapped, picks, strict=True)))
+    noise_images = torch.randint(
+        0, 256, (len(picks), *images.shape[1:]), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
+    noise = score(swapped, noise_images, evaluator)
+    matched_reward = torch.tensor([judged[p].reward for p in picks])
+    mismatched_reward = torch.tensor([judge(r, o).reward for r, o in zip(swapped, parsed, strict=True)])
+    return {
+        "heldout_render_overall": renders["overall"],
+        "heldout_render": {k: v for k, v in renders.items() if k in CATEGORIES},
+        "heldout_render_images": len(rows),
+        "noise_overall": noise["overall"],
+        "shuffled_overall": shuffled["overall"],
+        "shuffled_chance_overall": oracle["overall"],
+        "reward_matched_mean": float(matched_reward.mean()),
+        "reward_mismatched_mean": float(mismatched_reward.mean()),
+        "reward_prefers_match": float((matched_reward > mismatched_reward).float().mean()),
+    }

@@ -1,0 +1,122 @@
+"""The human-facing report: reports/index.html, static and self-contained beside its images.
+
+Built from metrics/evaluate.json, the images the evaluate stage saved under reports/images/,
+and the training and reward curves read back from MLflow (so the report shows exactly what
+the runs logged).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from matplotlib.figure import Figure  # no pyplot: no global backend or GUI state
+from mlflow.tracking import MlflowClient
+
+from selftok.data.scenes import CATEGORIES
+from selftok.tracking import flatten
+
+REPORTS = Path("reports")
+IMAGES = REPORTS / "images"
+CURVES = {  # stage -> metric keys worth plotting
+    "train_tokenizer": ["train.loss"],
+    "train_renderer": ["train.loss"],
+    "train_evaluator": ["train.loss"],
+    "pretrain_vlm": ["train.loss"],
+    "rl_finetune": ["rl.reward", "rl.kl", "rl.distinct_codes"],
+}
+
+
+def latest_run(experiment: str, stage: str) -> Any:
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`dvc.stage` = '{stage}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0] if runs else None
+
+
+def plot_curves(experiment: str, out: Path) -> list[str]:
+    """One PNG per stage with its curves; returns the files written (relative to reports/)."""
+    client, written = MlflowClient(), []
+    for stage, keys in CURVES.items():
+        run = latest_run(experiment, stage)
+        if run is None:
+            continue
+        series = {}
+        for key in run.data.metrics:
+            if any(key == k or key.startswith(k + ".") for k in keys):
+                history = client.get_metric_history(run.info.run_id, key)
+                if len(history) > 1:
+                    series[key] = ([m.step for m in history], [m.value for m in history])
+        if not series:
+            continue
+        fig = Figure(figsize=(4 * len(series), 3))
+        axes = fig.subplots(1, len(series), squeeze=False)
+        for ax, (key, (steps, values)) in zip(axes[0], sorted(series.items()), strict=True):
+            ax.plot(steps, values)
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("step")
+        fig.suptitle(stage)
+        fig.tight_layout()
+        path = out / f"curve_{stage}.png"
+        fig.savefig(path, dpi=90)
+        written.append(path.relative_to(out.parent).as_posix())
+    return written
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
+    """Write reports/index.html from the evaluate metrics and saved images; returns its path."""
+    table = json.loads((root / IMAGES.parent / "reconstruction.json").read_text())
+    curves = plot_curves(experiment, root / IMAGES)
+    images = sorted(
+        p.relative_to(root / REPORTS).as_posix() for p in (root / IMAGES).glob("*.png") if not p.name.startswith("curve_")
+    )
+    generation = metrics.get("generation", {})
+    gen_rows = [
+        {"category": c, **{m: generation.get(m, {}).get(c) for m in ("pretrained", "rl")}} for c in [*CATEGORIES, "overall"]
+    ]
+    promotion = metrics.get("promotion", {})
+    sections = [
+        "<h1>Selftok pipeline report</h1>",
+        "<h2>Headline</h2>",
+        _table(
+            [{"metric": k, "value": v} for k, v in sorted(flatten(metrics).items()) if isinstance(v, (int, float, str))],
+            ["metric", "value"],
+        ),
+        "<h2>Reconstruction by prefix (val)</h2>",
+        "<p>k = number of leading tokens v1..vk visible; k = 0 is the no-token baseline. 8-bit PSNR protocol.</p>",
+        _table(table, ["decoder", "k", "psnr", "ssim", "frechet_evaluator_distance", "evaluator_fidelity"]),
+        "<h2>Generation (held-out prompts, GenEval-style)</h2>",
+        _table(gen_rows, ["category", "pretrained", "rl"]),
+        "<h2>Promotion</h2>",
+        _table([{"key": k, "value": v} for k, v in promotion.items()], ["key", "value"]),
+        "<h2>Images</h2>",
+        *[f"<figure><img src='{p}'><figcaption>{html.escape(p)}</figcaption></figure>" for p in images],
+        "<h2>Curves</h2>",
+        *[f"<figure><img src='{p}'></figure>" for p in curves],
+    ]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{image-rendering:pixelated;max-width:100%}"
+    )
+    out = root / REPORTS / "index.html"
+    out.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Selftok report</title><style>{style}</style>"
+        f"</head><body>{''.join(sections)}</body></html>\n"
+    )
+    return out

@@ -1,0 +1,169 @@
+"""The GRPO loop: sample groups of images per prompt, reward them with the scene evaluator,
+and push the policy towards the better members of each group (METHOD.md section 5).
+
+The policy of a visual token is the model's conditional distribution over the visual
+vocabulary at that position (temperature 1, no guidance); samples are drawn with the
+evaluation recipe (CFG, temperature, top-k) as Selftok-Zero does, and the gradient flows
+through the conditional log-probabilities of the drawn tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from selftok.eval.evaluator import SceneEvaluator
+from selftok.eval.geneval import judge_images
+from selftok.rl.grpo import group_advantages, grpo_loss, token_entropy
+from selftok.rl.params import RLParams
+from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from selftok.vlm.generate import generate_images
+from selftok.vlm.params import SamplingParams
+from selftok.vlm.sequences import left_pad, t2i_prompt
+from selftok.vlm.vocab import VLMTokenizer
+
+log = logging.getLogger(__name__)
+Record = dict[str, Any]
+DecodeFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def visual_logits(lm: PreTrainedModel, tokenizer: VLMTokenizer, captions: Sequence[Sequence[int]], codes: torch.Tensor) -> torch.Tensor:
+    """Logits over the visual vocabulary [N, K, C] for each position of the given image spans."""
+    k = tokenizer.num_tokens
+    spans = tokenizer.code_to_token(codes).tolist()
+    ids, mask = left_pad([t2i_prompt(tokenizer, cap) + span for cap, span in zip(captions, spans, strict=True)], tokenizer.pad_id)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate() numbers left-padded rows
+    device = lm.device
+    logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)).logits
+    return logits[:, -k - 1 : -1, tokenizer.visual_offset : tokenizer.visual_offset + tokenizer.num_codes].float()
+
+
+def logprobs(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, -1).gather(-1, codes.to(logits.device).unsqueeze(-1)).squeeze(-1)
+
+
+def diversity(codes: torch.Tensor, features: torch.Tensor, group_size: int) -> dict[str, float]:
+    """Distinct code sequences within groups and the spread of evaluator features: collapse shows here."""
+    groups = codes.view(-1, group_size, codes.shape[1])
+    distinct = sum(len({tuple(row.tolist()) for row in group}) for group in groups) / codes.shape[0]
+    spread = features.view(-1, group_size, features.shape[1]).var(dim=1, correction=0).sum(-1).mean()
+    return {"distinct_codes": distinct, "feature_spread": float(spread)}
+
+
+@dataclass
+class RLResult:
+    steps: int
+    resumed_from: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+RewardFn = Callable[[Sequence[Record], torch.Tensor], tuple[torch.Tensor, list[bool]]]
+
+
+def evaluator_reward(evaluator: SceneEvaluator) -> RewardFn:
+    """The benchmark's judge as a reward: partial credit per sub-check, and whether fully correct."""
+
+    def reward(rows: Sequence[Record], images: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+        judgements = judge_images(rows, images, evaluator)
+        return torch.tensor([j.reward for j in judgements]), [j.correct for j in judgements]
+
+    return reward
+
+
+@dataclass
+class RLRun:
+    """Everything a GRPO run needs besides its params: policy, renderer, judge and prompts."""
+
+    lm: PreTrainedModel
+    tokenizer: VLMTokenizer
+    decode: DecodeFn
+    reward: RewardFn
+    features: Callable[[torch.Tensor], torch.Tensor]  # image features for the diversity guard
+    prompts: list[Record]
+    sampling: SamplingParams
+    seed: int
+
+
+def train_grpo(
+    run: RLRun,
+    params: RLParams,
+    checkpoints: Path,
+    on_log: Callable[[int, dict[str, Any]], None] | None = None,
+    on_samples: Callable[[int, torch.Tensor], None] | None = None,
+) -> RLResult:
+    lm, tokenizer, s = run.lm, run.tokenizer, run.sampling
+    reference = copy.deepcopy(lm).eval().requires_grad_(False) if params.beta > 0 else None
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=params.lr, weight_decay=params.weight_decay, betas=(0.9, 0.95))
+    start = 0
+    latest = latest_checkpoint(checkpoints)
+    if latest is not None:
+        start, state, _ = load_checkpoint(latest, optimizer)
+        lm.load_state_dict(state)
+        log.info("rl: resumed from %s (step %d)", latest, start)
+    started = time.perf_counter()
+    result = RLResult(params.steps, start, 0.0)
+    for step in tqdm(range(start, params.steps), initial=start, total=params.steps, desc="rl"):
+        rng = random.Random(f"{run.seed}/rl/{step}")
+        records = rng.sample(run.prompts, min(params.prompts_per_step, len(run.prompts)))
+        rows = [r for r in records for _ in range(params.group_size)]
+        lm.eval()
+        codes = generate_images(lm, tokenizer, [r["prompt"] for r in records], params.group_size, s.cfg_scale,
+                                s.temperature, s.top_k, run.seed * 100_003 + step, s.batch_size, min_p=s.min_p)
+        images = run.decode(codes)
+        rewards, correct = run.reward(rows, images)
+        advantages = group_advantages(rewards, params.group_size, params.advantage_eps)
+        captions = tokenizer.encode_text([r["prompt"] for r in rows])
+        with torch.no_grad():
+            ref_logp = logprobs(visual_logits(reference, tokenizer, captions, codes), codes) if reference else None
+            old_logp = logprobs(visual_logits(lm, tokenizer, captions, codes), codes) if params.updates_per_batch > 1 else None
+        lm.train()
+        for _ in range(params.updates_per_batch):
+            logits = visual_logits(lm, tokenizer, captions, codes)
+            logp = logprobs(logits, codes)
+            parts = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), ref_logp, advantages.to(logp.device),
+                              params.beta, params.clip)
+            optimizer.zero_grad(set_to_none=True)
+            parts.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), params.grad_clip)
+            optimizer.step()
+        entropy = token_entropy(logits.detach()).mean(0)
+        logs: dict[str, Any] = {
+            "reward": float(rewards.mean()),
+            "correct": sum(correct) / len(correct),
+            "loss": float(parts.loss.detach()),
+            "kl": float(parts.kl),
+            "clipped_fraction": float(parts.clipped_fraction),
+            "grad_norm": float(grad_norm),
+            "entropy_first_token": float(entropy[0]),
+            "entropy_last_token": float(entropy[-1]),
+            "entropy_mean": float(entropy.mean()),
+            "reward_by_category": _by_category(rows, rewards),
+            **diversity(codes, run.features(images), params.group_size),
+        }
+        result.history.append({k: v for k, v in logs.items() if isinstance(v, float)})
+        if on_log and (step + 1) % params.log_every == 0:
+            on_log(step + 1, logs | {"entropy_by_position": {f"v{i + 1:03d}": float(e) for i, e in enumerate(entropy)}})
+        if on_samples and ((step + 1) % params.sample_every == 0 or step == start):
+            on_samples(step + 1, images[: 4 * params.group_size])  # the groups of the first 4 prompts
+        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
+            save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer, {"seed": run.seed})
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _by_category(rows: Sequence[Record], rewards: torch.Tensor) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for row, value in zip(rows, rewards.tolist(), strict=True):
+        sums.setdefault(row["tag"], []).append(value)
+    return {tag: sum(v) / len(v) for tag, v in sorted(sums.items())}

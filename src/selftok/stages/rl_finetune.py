@@ -1,0 +1,75 @@
+"""Stage `rl_finetune`: models/vlm -> models/vlm_rl by GRPO on the RL (train) prompt set.
+
+Rewards come from the scene evaluator's reward API on rendered images; the benchmark's
+held-out prompts are never used here. The result is registered as a new version of
+`selftok-vlm`; the `evaluate` stage scores it against the pretrained model on the held-out
+prompts with the same sampling recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from selftok import tracking
+from selftok.data.dataset import to_uint8
+from selftok.eval.evaluator import SceneEvaluator
+from selftok.eval.geneval import prompt_sets
+from selftok.rl.trainer import RLRun, evaluator_reward, train_grpo
+from selftok.stages.base import Metrics, StageContext
+from selftok.viz import image_grid
+from selftok.vlm.decode import load_renderer
+from selftok.vlm.model import SelftokVLM
+
+log = logging.getLogger(__name__)
+PRETRAINED, MODEL_DIR, CHECKPOINTS = Path("models/vlm"), Path("models/vlm_rl"), Path("checkpoints/rl")
+EVALUATOR = Path("models/evaluator")
+
+
+def run(ctx: StageContext) -> Metrics:
+    for folder in (PRETRAINED, EVALUATOR):
+        if not (ctx.path(folder) / "config.json").is_file():
+            raise FileNotFoundError(f"{ctx.path(folder)}: missing; run the stage that makes it first")
+    decode = load_renderer(ctx.root)
+    if decode is None:
+        raise FileNotFoundError("models/tokenizer and models/renderer are needed to render generations")
+    evaluator = SceneEvaluator.load(ctx.path(EVALUATOR))
+    vlm = SelftokVLM.from_pretrained(ctx.path(PRETRAINED))
+    params = ctx.params.rl
+    torch.manual_seed(ctx.params.seed)
+
+    def on_samples(step: int, images: torch.Tensor) -> None:
+        ctx.log_image(image_grid(to_uint8(images), columns=params.group_size, scale=3), f"rl_samples/step_{step:05d}.png")
+
+    result = train_grpo(
+        RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator), evaluator.features, prompt_sets(ctx.params)["train"],
+              ctx.params.vlm.sampling, ctx.params.seed),
+        params,
+        ctx.path(CHECKPOINTS),
+        on_log=lambda step, logs: ctx.log_metrics({"rl": logs}, step),
+        on_samples=on_samples,
+    )
+    ctx.log_metrics({"rl_seconds": result.seconds})
+    vlm.lm.eval()
+    vlm.save_pretrained(ctx.path(MODEL_DIR))
+    tracking.log_model_dir(ctx.path(MODEL_DIR), "selftok-vlm")
+    first, last = result.history[:5], result.history[-5:]
+
+    def mean(rows: list[dict[str, float]], key: str) -> float | None:
+        return sum(r[key] for r in rows) / len(rows) if rows else None
+
+    log.info("rl: %d steps in %.0fs; reward %.3f -> %.3f", result.steps, result.seconds, mean(first, "reward") or 0,
+             mean(last, "reward") or 0)
+    return {
+        "rl": {
+            "steps": result.steps,
+            "reward_first5": mean(first, "reward"),
+            "reward_last5": mean(last, "reward"),
+            "kl_last5": mean(last, "kl"),
+            "distinct_codes_last5": mean(last, "distinct_codes"),
+            "feature_spread_first5": mean(first, "feature_spread"),
+            "feature_spread_last5": mean(last, "feature_spread"),
+        },
+    }

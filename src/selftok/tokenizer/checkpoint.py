@@ -1,0 +1,71 @@
+"""Training checkpoints without pickles: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a folder ``step_0000200/`` holding model.safetensors, optimizer.safetensors and
+state.json; state.json is written last, so a folder without it (a kill mid-write) is ignored.
+Randomness is derived from (seed, step), so no RNG state needs saving for an exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE = "state.json"
+
+
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    folder: Path, step: int, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, extra: dict[str, Any]
+) -> Path:
+    """Write ``folder/step_NNNNNNN`` and delete older checkpoints once it is complete."""
+    target = folder / f"step_{step:07d}"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(target / "model.safetensors"))
+    tensors, meta = _split_optimizer(optimizer.state_dict())
+    save_file(tensors, str(target / "optimizer.safetensors"))
+    (target / STATE).write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
+    for old in folder.glob("step_*"):
+        if old != target and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    done = sorted(p for p in folder.glob("step_*") if (p / STATE).is_file()) if folder.is_dir() else []
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore the optimizer in place; returns (step, model state, state.json contents)."""
+    state = json.loads((path / STATE).read_text())
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
+    return int(state["step"]), load_file(str(path / "model.safetensors")), state

@@ -1,0 +1,51 @@
+"""Encoder: input patches plus K learnable queries -> K continuous vectors (no spatial layout).
+
+Patches attend only to patches and queries attend to [patches, queries] (one-way), so the
+patch features are a plain ViT of the image and the queries read from it. Each query position
+has its own AdaLN modulation from an embedding of its index, letting position 1 and position
+K specialise (coarse vs fine) with shared block weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
+from torch import nn
+
+from selftok.tokenizer.arch import TokenizerConfig
+from selftok.tokenizer.layers import Stream, attention, init_weights, patchify
+
+
+class Encoder(nn.Module):
+    def __init__(self, channels: int, size: int, config: TokenizerConfig) -> None:
+        super().__init__()
+        p, width, k = config.encoder_patch, config.encoder_width, config.num_tokens
+        if size % p:
+            raise ValueError(f"input size {size} is not divisible by encoder_patch {p}")
+        grid = size // p
+        self.patch = p
+        self.num_patches = grid * grid
+        self.embed = nn.Linear(channels * p * p, width)
+        self.register_buffer("pos", get_2d_sincos_pos_embed(width, grid, base_size=grid)[None].float(), persistent=False)
+        self.queries = nn.Parameter(torch.randn(1, k, width) * 0.02)
+        self.query_index = nn.Parameter(torch.randn(k, width) * 0.02)  # per-position AdaLN condition
+        self.patch_cond = nn.Parameter(torch.zeros(1, width))  # one shared condition for all patches
+        self.blocks = nn.ModuleList(Stream(width, config.heads, config.mlp_ratio) for _ in range(config.encoder_depth))
+        self.norm = nn.LayerNorm(width)
+        n = self.num_patches
+        mask = torch.ones(n + k, n + k, dtype=torch.bool)
+        mask[:n, n:] = False  # patches never read the queries
+        self.register_buffer("mask", mask, persistent=False)
+        init_weights(self)
+        for block in self.blocks:
+            block.zero_init(open_gates=True)  # identity blocks would give every image the same codes at init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, S, S] in input space -> [B, K, width]."""
+        b = x.shape[0]
+        h = torch.cat([self.embed(patchify(x, self.patch)) + self.pos, self.queries.expand(b, -1, -1)], dim=1)
+        cond = torch.cat([self.patch_cond.expand(self.num_patches, -1), self.query_index])[None]
+        for block in self.blocks:
+            q, k, v, mods = block.pre(h, cond)
+            h = block.post(h, attention(q, k, v, self.mask), mods)
+        return self.norm(h[:, self.num_patches :])

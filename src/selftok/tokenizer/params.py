@@ -1,0 +1,106 @@
+"""params.yaml sections `tokenizer` and `renderer` (strict: unknown keys and impossible values fail early)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from selftok.schema import StrictModel
+from selftok.tokenizer.arch import SIZES, TokenizerConfig
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class TokenizerEval(StrictModel):
+    val_images: Positive = 128
+    decode_steps: Positive = 20  # Euler steps of the diffusion decode (paper: 50)
+    prefix_steps: Positive = 10  # Euler steps for each prefix of the prefix curve
+    grid_images: Positive = 8
+
+
+class TokenizerParams(StrictModel):
+    """Architecture (size preset + overrides) and the joint encoder/decoder training recipe."""
+
+    size: Literal[tuple(SIZES)] = "T"  # type: ignore[valid-type]
+    encoder_width: Positive | None = None  # None: the size preset's value
+    encoder_depth: Positive | None = None
+    decoder_width: Positive | None = None
+    decoder_depth: Positive | None = None
+    heads: Positive | None = None
+    num_tokens: Positive = 32
+    codebook_size: int = Field(1024, ge=2)
+    code_dim: int = Field(16, ge=2)
+    encoder_patch: Positive = 4
+    decoder_patch: Positive = 4
+    input_space: Literal["pixels", "vae"] = "pixels"
+    vae_path: str | None = None
+    schedule: Literal["custom", "uniform"] = "custom"
+    objective: Literal["velocity", "x0"] = "velocity"
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
+
+    steps: Positive = 2000
+    batch_size: Positive = 64
+    lr: float = Field(1e-3, gt=0.0, le=1.0)  # encoder, quantiser projection and token stream
+    image_lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # image stream lr = lr * this (paper ~0.2)
+    lr_decay: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder
+    prefix_dropout: Fraction = 0.2  # nested prefix cut (our extension)
+    no_token_fraction: Fraction = 0.1  # unconditional samples (enables CFG)
+    commitment_weight: float = Field(1.0, ge=0.0)
+    entropy_weight: float = Field(0.0, ge=0.0)
+    checkpoint_every: Positive = 200
+    log_every: Positive = 25
+    eval_every: Positive = 500
+    eval: TokenizerEval = TokenizerEval()
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerParams:
+        if self.prefix_dropout + self.no_token_fraction > 1:
+            raise ValueError("prefix_dropout + no_token_fraction must be <= 1")
+        if self.input_space == "vae" and not self.vae_path:
+            raise ValueError("input_space 'vae' needs vae_path (a local diffusers AutoencoderKL folder)")
+        return self
+
+    def architecture(self, image_size: int) -> TokenizerConfig:
+        overrides = {
+            k: getattr(self, k)
+            for k in ("encoder_width", "encoder_depth", "decoder_width", "decoder_depth", "heads")
+            if getattr(self, k) is not None
+        }
+        return TokenizerConfig.from_size(
+            self.size,
+            image_size=image_size,
+            input_space=self.input_space,
+            vae_path=self.vae_path,
+            num_tokens=self.num_tokens,
+            codebook_size=self.codebook_size,
+            code_dim=self.code_dim,
+            encoder_patch=self.encoder_patch,
+            decoder_patch=self.decoder_patch,
+            schedule=self.schedule,
+            objective=self.objective,
+            ema_decay=self.ema_decay,
+            dead_threshold=self.dead_threshold,
+            **overrides,
+        )
+
+
+class RendererParams(StrictModel):
+    """One-step renderer trained on the frozen tokenizer's codes with pixel MSE."""
+
+    steps: Positive = 600
+    batch_size: Positive = 64
+    lr: float = Field(5e-4, gt=0.0, le=1.0)
+    lr_decay: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    init_from_decoder: bool = True  # start from the diffusion decoder at t=1 (converges much faster)
+    prefix_dropout: Fraction = 0.0  # nested prefix cut so that prefixes render too
+    checkpoint_every: Positive = 200
+    log_every: Positive = 25
+    eval_every: Positive = 300

@@ -1,0 +1,36 @@
+import pytest
+import torch
+from scene_fixtures import OracleEvaluator, scene_set
+
+from selftok.eval.evaluator import EvaluatorConfig, SceneEvaluator, objects_from_metadata
+from selftok.eval.fidelity import evaluator_fidelity, frechet_distance, frechet_evaluator_distance
+
+
+def test_frechet_distance_matches_closed_forms() -> None:
+    a = torch.randn(500, 6, generator=torch.Generator().manual_seed(0)) + 1.0
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.tensor([1.0, 0, 0, 0, 2.0, 0])
+    assert frechet_distance(a, a + shift) == pytest.approx(5.0, abs=1e-6)
+    # b = 2a: mean gap |mu|^2, covariance term tr S + tr 4S - 2 tr 2S = tr S
+    expected = float((a.double().mean(0) ** 2).sum() + torch.cov(a.double().T).trace())
+    assert frechet_distance(a, 2 * a) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(2 * a, a) == pytest.approx(frechet_distance(a, 2 * a), rel=1e-9)
+    with pytest.raises(ValueError, match="feature sets"):
+        frechet_distance(a, a[:, :3])
+
+
+def test_evaluator_distance_and_fidelity() -> None:
+    data = scene_set("val", 24)
+    torch.manual_seed(0)
+    model = SceneEvaluator(EvaluatorConfig(width=8))
+    assert frechet_evaluator_distance(model, data.images, data.images) == pytest.approx(0.0, abs=1e-6)
+    noise = torch.randint(0, 256, data.images.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert frechet_evaluator_distance(model, data.images, noise) > 0
+    assert evaluator_fidelity(model, data.images, data.images) == 1.0
+
+    oracle = OracleEvaluator()
+    oracle.learn(data.images, [objects_from_metadata(m) for m in data.metadata])
+    half = torch.cat([data.images[:12], noise[12:]])
+    assert evaluator_fidelity(oracle, data.images, half) == 0.5  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="differ"):
+        evaluator_fidelity(model, data.images, data.images[:3])

@@ -1,0 +1,150 @@
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from scene_fixtures import HOLDOUT, OracleEvaluator
+
+from selftok.config import parse_params
+from selftok.data.scenes import CATEGORIES, SceneConfig, SceneGenerator, make_prompt
+from selftok.eval.evaluator import ParsedObject
+from selftok.eval.geneval import (
+    build_prompt_sets,
+    judge,
+    prompt_sets,
+    read_prompts,
+    relative_position,
+    render_prompts,
+    reward,
+    sanity_metrics,
+    scene_config,
+    summarize,
+    table,
+    write_prompt_sets,
+)
+from selftok.eval.params import GenevalParams
+
+
+def obj(shape: str, color: str, x: float, y: float, side: float = 10.0, score: float = 1.0) -> ParsedObject:
+    return ParsedObject(shape, color, (x - side / 2, y - side / 2, x + side / 2, y + side / 2), score)
+
+
+def test_prompt_sets_are_deterministic_disjoint_and_hold_out_pairs(scene_config: SceneConfig) -> None:
+    params = GenevalParams()
+    sets = build_prompt_sets(scene_config, 0, params)
+    assert sets == build_prompt_sets(scene_config, 0, params)
+    assert sets != build_prompt_sets(scene_config, 1, params)
+    train = {r["prompt"] for r in sets["train"]}
+    heldout = {r["prompt"] for r in sets["heldout"]}
+    assert not train & heldout
+    for name, records in sets.items():
+        assert {r["tag"] for r in records} == set(CATEGORIES), name
+        assert all(set(r) == {"tag", "prompt", "include", "exclude"} for r in records)
+    assert max(sum(r["tag"] == t for r in sets["heldout"]) for t in CATEGORIES) <= params.max_heldout_per_category
+    pairs = {tuple(p.split(" ")) for p in HOLDOUT}
+    named = [(i.get("color"), i["class"]) for r in sets["train"] for i in r["include"]]
+    assert not pairs & set(named)
+    assert pairs & {(i.get("color"), i["class"]) for r in sets["heldout"] for i in r["include"]}
+    # both wordings of one request stay on one side
+    mirror = make_prompt("position", ["square", "circle"], relation="right of")["prompt"]
+    assert (make_prompt("position", ["circle", "square"], relation="left of")["prompt"] in train) == (mirror in train)
+
+
+def test_prompt_sets_are_written_as_jsonl(tmp_path: Path, scene_config: SceneConfig) -> None:
+    paths = write_prompt_sets(tmp_path / "prompts", scene_config, 0, GenevalParams(max_heldout_per_category=3))
+    heldout = read_prompts(paths["heldout"])
+    assert all(1 <= sum(r["tag"] == t for r in heldout) <= 3 for t in CATEGORIES)
+    assert json.loads(paths["heldout"].read_text().splitlines()[0]) == heldout[0]
+    assert read_prompts(paths["train"]) == build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=3))["train"]
+
+
+def test_relative_position_follows_geneval() -> None:
+    a, b = obj("circle", "red", 5, 16), obj("square", "blue", 25, 16)
+    assert relative_position(a, b) == {"left of"} and relative_position(b, a) == {"right of"}
+    assert relative_position(obj("circle", "red", 5, 5), obj("square", "blue", 25, 25)) == {"left of", "above"}
+    assert relative_position(obj("circle", "red", 15, 16), obj("square", "blue", 16, 16)) == set()  # within the margin
+
+
+def test_judge_applies_counts_colours_and_positions() -> None:
+    two = make_prompt("counting", ["circle"], count=2)
+    circles = [obj("circle", "red", 5, 5), obj("circle", "blue", 25, 5), obj("circle", "green", 5, 25)]
+    assert judge(two, circles[:2]).correct
+    too_many, too_few = judge(two, circles), judge(two, circles[:1])
+    assert not too_many.correct and not too_few.correct
+    assert 0 < too_many.reward < 1 and 0 < too_few.reward < 1
+
+    red = make_prompt("colors", ["circle"], ["red"])
+    # a weaker red circle still counts: objects of the asked colour are taken first
+    assert judge(red, [obj("circle", "blue", 5, 5, score=0.9), obj("circle", "red", 25, 5, score=0.6)]).correct
+    blue_only = judge(red, [obj("circle", "blue", 5, 5)])
+    assert not blue_only.correct and blue_only.reward == pytest.approx(2 / 3)
+
+    left = make_prompt("position", ["circle", "square"], relation="left of")
+    assert judge(left, [obj("circle", "red", 5, 16), obj("square", "red", 25, 16)]).correct
+    swapped = judge(left, [obj("circle", "red", 25, 16), obj("square", "red", 5, 16)])
+    assert not swapped.correct and swapped.reward == pytest.approx(4 / 5)
+    assert judge(left, []).reward == 0.0
+
+
+def test_reward_is_one_exactly_when_correct(scene_config: SceneConfig) -> None:
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=6))["heldout"]
+    rows, _, truths = render_prompts(heldout, SceneGenerator(scene_config, 0), 1)
+    rng = random.Random(0)
+    for _ in range(300):
+        record, objects = rng.choice(rows), rng.choice(truths)
+        verdict = judge(record, objects)
+        assert 0.0 <= verdict.reward <= 1.0
+        assert (verdict.reward == 1.0) == verdict.correct
+
+
+def test_real_renders_of_heldout_prompts_pass_on_exact_objects(scene_config: SceneConfig) -> None:
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams())["heldout"]
+    rows, images, truths = render_prompts(heldout, SceneGenerator(scene_config, 0), 2)
+    assert images.dtype == torch.uint8 and images.shape == (len(rows), 3, 32, 32)
+    failures = [(r["prompt"], judge(r, t).reasons) for r, t in zip(rows, truths, strict=True) if not judge(r, t).correct]
+    assert not failures
+
+
+def test_sanity_metrics_with_a_perfect_parser(scene_config: SceneConfig) -> None:
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=10))["heldout"]
+    generator = SceneGenerator(scene_config, 0)
+    oracle = OracleEvaluator()
+    _, images, truths = render_prompts(heldout, generator, 2)
+    oracle.learn(images, truths)
+    metrics = sanity_metrics(oracle, heldout, generator, 2, 200, seed=0)  # type: ignore[arg-type]
+    assert metrics["heldout_render_overall"] == 1.0 and set(metrics["heldout_render"]) == set(CATEGORIES)
+    assert metrics["noise_overall"] == 0.0
+    assert metrics["shuffled_overall"] == metrics["shuffled_chance_overall"] < 0.3
+    assert metrics["reward_matched_mean"] == 1.0 > metrics["reward_mismatched_mean"]
+    assert metrics["reward_prefers_match"] > 0.8
+
+
+def test_reward_is_a_batch_tensor(scene_config: SceneConfig) -> None:
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=2))["heldout"]
+    rows, images, truths = render_prompts(heldout, SceneGenerator(scene_config, 0), 1)
+    oracle = OracleEvaluator()
+    oracle.learn(images, truths)
+    matched = reward(rows, images, oracle)  # type: ignore[arg-type]
+    assert matched.dtype == torch.float32 and matched.shape == (len(rows),)
+    assert torch.equal(matched, torch.ones(len(rows)))
+    shuffled = reward(rows[1:] + rows[:1], images, oracle)  # type: ignore[arg-type]
+    assert shuffled.mean() < matched.mean() and ((shuffled >= 0) & (shuffled <= 1)).all()
+    with pytest.raises(ValueError, match="one prompt record per image"):
+        reward(rows[:-1], images, oracle)  # type: ignore[arg-type]
+
+
+def test_overall_is_the_mean_of_category_accuracies() -> None:
+    records = [{"tag": "single_object"}] * 4 + [{"tag": "counting"}]
+    summary = summarize(records, [True, True, True, True, False])
+    assert summary["overall"] == 0.5 and summary["single_object"] == 1.0 and summary["counting"] == 0.0
+    assert summary["images"] == {"single_object": 4, "counting": 1}
+    assert "| counting | 1 | 0.000 |" in table(summary)
+
+
+def test_prompt_sets_of_a_params_file() -> None:
+    params = parse_params({"seed": 3, "geneval": {"max_heldout_per_category": 5}})
+    sets = prompt_sets(params)
+    assert sets == build_prompt_sets(scene_config(params), 3, params.geneval)
+    assert scene_config(params).holdout == tuple(params.data.scenes.holdout)
+    assert max(sum(r["tag"] == t for r in sets["heldout"]) for t in CATEGORIES) == 5

@@ -1,0 +1,81 @@
+"""The whole pipeline on the smoke profile through the Prefect flow: contract, report, registry, skipping."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from selftok import tracking
+from selftok.data.scenes import CATEGORIES
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = [
+    "tokenizer.psnr_diffusion", "tokenizer.psnr_renderer", "tokenizer.ssim_renderer", "tokenizer.psnr_no_tokens",
+    "tokenizer.active_code_fraction", "tokenizer.evaluator_fidelity", "evaluator.scene_accuracy",
+    "comprehension.caption_accuracy",
+    *[f"generation.{m}.{c}" for m in ("pretrained", "rl") for c in ("overall", *CATEGORIES)],
+]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory, project_factory) -> tuple[Path, list, list]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    project = project_factory(tmp_path_factory.mktemp("e2e") / "project")
+    with prefect_test_harness(server_startup_timeout=180):
+        first = pipeline(root=str(project))
+        second = pipeline(root=str(project))
+    return project, first, second
+
+
+def test_every_stage_ran_once_then_skipped(smoke) -> None:
+    _, first, second = smoke
+    stages = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    assert [r["stage"] for r in first] == stages and not any(r["skipped"] for r in first)
+    assert all(r["skipped"] for r in second)
+
+
+def test_metrics_contract(smoke) -> None:
+    project, _, _ = smoke
+    metrics = tracking.flatten(json.loads((project / "metrics" / "evaluate.json").read_text()))
+    missing = [key for key in CONTRACT if key not in metrics]
+    assert not missing, missing
+    for key in CONTRACT:
+        value = metrics[key]
+        assert isinstance(value, float | int), (key, value)
+        if "psnr" in key:
+            assert 0 < value < 100, (key, value)
+        else:
+            assert 0 <= value <= 1, (key, value)
+    prefix = json.loads((project / "metrics" / "evaluate.json").read_text())["tokenizer"]["prefix_psnr"]
+    assert list(prefix) == ["1", "2", "4", "8", "16"] or list(prefix)[-1] == str(max(map(int, prefix)))
+
+
+def test_report_is_self_contained(smoke) -> None:
+    project, _, _ = smoke
+    index = project / "reports" / "index.html"
+    text = index.read_text()
+    images = sorted((project / "reports" / "images").glob("*.png"))
+    assert {"reconstruction_by_prefix.png", "generation_pretrained.png", "generation_rl.png"} <= {p.name for p in images}
+    for image in images:
+        assert f"images/{image.name}" in text
+    assert "Promotion" in text and "Reconstruction by prefix" in text
+
+
+def test_runs_nest_and_registry_has_aliases(smoke) -> None:
+    project, _, _ = smoke
+    mlflow.set_tracking_uri(tracking.tracking_uri(project))
+    runs = mlflow.search_runs(experiment_names=["selftok-smoke"], output_format="list")
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parents) == 2
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert len([r for r in runs if "dvc.stage" in r.data.tags]) == len(stages)  # the second flow run made none
+    assert not children or len(children) == len(stages)
+    assert tracking.alias_version("selftok-vlm", "champion") is not None
+    assert tracking.alias_version("selftok-vlm", "challenger") == tracking.alias_version("selftok-vlm", "champion")

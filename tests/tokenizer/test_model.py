@@ -1,0 +1,155 @@
+"""Masking, quantiser, renderer init, sampler convention and save/load of the tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from selftok.tokenizer.arch import TokenizerConfig
+from selftok.tokenizer.model import SelftokTokenizer
+from selftok.tokenizer.quantizer import Quantizer, code_usage
+from selftok.tokenizer.sampler import euler_decode
+
+
+def _perturbed_model(config: TokenizerConfig) -> SelftokTokenizer:
+    """A model whose zero-initialised layers are randomised, so every path carries signal."""
+    torch.manual_seed(0)
+    model = SelftokTokenizer(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def test_hidden_tokens_do_not_change_the_decoder(tiny_config: TokenizerConfig) -> None:
+    model = _perturbed_model(tiny_config)
+    b, k = 3, tiny_config.num_tokens
+    x = torch.randn(model.input_shape(b))
+    t = torch.tensor([0.9, 0.5, 0.1])
+    tokens = torch.randn(b, k, tiny_config.code_dim)
+    visible = torch.tensor([[True, True, True, True], [False, True, True, True], [False, False, False, True]])
+    out = model.decoder(x, t, tokens, visible)
+    changed = torch.where(visible[..., None], tokens, torch.randn_like(tokens) * 10)
+    assert torch.allclose(model.decoder(x, t, changed, visible), out, atol=1e-6)
+    # ... while a visible token does matter
+    other = tokens.clone()
+    other[:, 3] += 1.0
+    assert not torch.allclose(model.decoder(x, t, other, visible), out, atol=1e-4)
+
+
+def test_quantizer_round_trip_and_straight_through(tiny_config: TokenizerConfig) -> None:
+    q = Quantizer(8, tiny_config)
+    codes = torch.randint(0, tiny_config.codebook_size, (5, tiny_config.num_tokens))
+    assert torch.equal(q.nearest(q.lookup(codes)), codes)
+    h = torch.randn(5, tiny_config.num_tokens, 8, requires_grad=True)
+    out = q(h)
+    assert torch.allclose(out.quantized, q.lookup(out.codes), atol=1e-6)
+    out.quantized.sum().backward()
+    assert h.grad is not None and h.grad.abs().sum() > 0
+
+
+def test_ema_update_moves_codes_towards_their_vectors(tiny_config: TokenizerConfig) -> None:
+    q = Quantizer(8, dataclasses.replace(tiny_config, dead_threshold=0.0))
+    z = torch.nn.functional.normalize(torch.randn(64, tiny_config.code_dim), dim=-1)[None]
+    q.initialize(z)
+    assert bool(q.initialized)
+    target = torch.nn.functional.normalize(torch.ones(tiny_config.code_dim), dim=0)
+    codes = torch.zeros(1, 64, dtype=torch.long)
+    before = float(q.codebook[0] @ target)
+    for _ in range(50):
+        q.update(target.expand(1, 64, -1), codes)
+    assert float(q.codebook[0] @ target) > max(before, 0.99)
+
+
+def test_dead_codes_are_reset_to_batch_vectors(tiny_config: TokenizerConfig) -> None:
+    q = Quantizer(8, tiny_config)
+    z = torch.nn.functional.normalize(torch.randn(1, 256, tiny_config.code_dim), dim=-1)
+    q.initialize(z)
+    used = torch.zeros(1, 256, dtype=torch.long)  # only code 0 is ever used
+    resets = sum(q.update(z, used) for _ in range(300))
+    assert resets >= tiny_config.codebook_size - 1
+    # reset codes are batch vectors: each matches some z almost exactly
+    best = (q.codebook[1:] @ z[0].T).max(dim=1).values
+    assert (best > 0.99).float().mean() > 0.5
+    assert q.alive_fraction() > 0.5
+
+
+def test_code_usage() -> None:
+    codes = torch.tensor([[0, 1], [0, 2], [0, 3], [0, 4]])
+    usage = code_usage(codes, 10)
+    assert usage["active_code_fraction"] == 0.5
+    assert usage["perplexity_per_position"][0] == pytest.approx(1.0)
+    assert usage["perplexity_per_position"][1] == pytest.approx(4.0)
+
+
+def test_euler_convention_recovers_x0_with_the_true_velocity() -> None:
+    """Our t is the scheduler's sigma: with v = eps - x0 the Euler path lands on x0 exactly."""
+    x0, eps = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    seen: list[float] = []
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        seen.append(float(t[0]))
+        assert torch.allclose(x, t.view(-1, 1, 1, 1) * eps + (1 - t.view(-1, 1, 1, 1)) * x0, atol=1e-5)
+        assert visible.shape == (2, 8)
+        return eps - x0
+
+    out = euler_decode(velocity, eps, steps=4, num_tokens=8, schedule="custom", limit=torch.full((2,), 8))
+    assert torch.allclose(out, x0, atol=1e-5)
+    assert seen == pytest.approx([1.0, 0.75, 0.5, 0.25])
+
+
+def test_renderer_starts_as_the_one_step_decoder(tiny_config: TokenizerConfig) -> None:
+    model = _perturbed_model(tiny_config)
+    renderer = model.new_renderer(from_decoder=True)
+    tokens = torch.randn(2, tiny_config.num_tokens, tiny_config.code_dim)
+    visible = torch.ones(2, tiny_config.num_tokens, dtype=torch.bool)
+    v = model.decoder(torch.zeros(model.input_shape(2)), torch.ones(2), tokens, visible)
+    assert torch.allclose(renderer(tokens), -v, atol=1e-5)  # x0 = x_t - v at t = 1 with x_t = 0
+
+
+def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_path: Path) -> None:
+    model = _perturbed_model(tiny_config)
+    model.renderer = model.new_renderer()
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    codes = model.encode(images)
+    assert codes.shape == (3, tiny_config.num_tokens) and codes.dtype == torch.long
+    model.save_pretrained(tmp_path / "tok")
+    model.save_renderer(tmp_path / "ren")
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))
+    loaded = SelftokTokenizer.from_pretrained(tmp_path / "tok", renderer=tmp_path / "ren")
+    assert loaded.config == model.config
+    assert torch.equal(loaded.encode(images), codes)
+    assert torch.equal(loaded.decode(codes, steps=3, seed=1), model.decode(codes, steps=3, seed=1))
+    assert torch.equal(loaded.decode(codes, steps=3, prefix=1, seed=1), model.decode(codes, steps=3, prefix=1, seed=1))
+    assert torch.equal(loaded.render(codes), model.render(codes))
+    with pytest.raises(ValueError):
+        SelftokTokenizer.from_pretrained(tmp_path / "ren", renderer=tmp_path / "tok")
+
+
+def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path) -> None:
+    """A tiny randomly initialised AutoencoderKL from a local folder: /2 latents with 4 channels."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), latent_channels=4,
+        norm_num_groups=4, layers_per_block=1, sample_size=16,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    config = dataclasses.replace(tiny_config, image_size=16, input_space="vae", vae_path=str(tmp_path / "vae"))
+    model = SelftokTokenizer(config)
+    assert model.input_shape(2) == (2, 4, 8, 8)
+    assert not any(p.requires_grad for p in model.space.parameters())
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = model.space.encode(images)
+    expected = (vae.encode(images).latent_dist.mode() - 0.0609) * 1.5305
+    assert torch.allclose(z, expected, atol=1e-5)
+    codes = model.encode(images)
+    assert model.decode(codes, steps=2).shape == (2, 3, 16, 16)
+    model.save_pretrained(tmp_path / "tok")
+    assert not any("vae" in k for k in __import__("safetensors.torch").torch.load_file(str(tmp_path / "tok" / "model.safetensors")))
+    assert torch.equal(SelftokTokenizer.from_pretrained(tmp_path / "tok").encode(images), codes)
