@@ -183,7 +183,7 @@ def check_codes(
     console.print(f"{len(samples)} samples, renderer PSNR {value:.2f} dB (8-bit); grid (original, decoded pairs): {out}")
 
 
-REGISTERED_MODELS = ("selftok-tokenizer", "selftok-evaluator", "selftok-vlm")
+REGISTERED_MODELS = ("selftok-tokenizer", "selftok-renderer", "selftok-evaluator", "selftok-vlm")
 
 
 @app.command()

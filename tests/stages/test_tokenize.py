@@ -1,0 +1,95 @@
+"""Re-tokenisation: codes equal a direct encode, finished shards are skipped, bad shards are named."""
+
+import functools
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selftok.data.codes import codes_from_bytes
+from selftok.data.dataset import to_unit
+from selftok.data.retokenize import ShardJob, run_jobs
+from selftok.data.scenes import SceneConfig, SceneGenerator, render
+from selftok.data.shards import ShardError, read_samples, write_shards
+from selftok.tokenizer.arch import TokenizerConfig
+from selftok.tokenizer.model import SelftokTokenizer
+
+TINY = {"image_size": 8, "num_tokens": 4, "codebook_size": 16, "code_dim": 4, "encoder_patch": 2, "decoder_patch": 2,
+        "encoder_width": 16, "encoder_depth": 1, "decoder_width": 16, "decoder_depth": 2, "heads": 2, "mlp_ratio": 2.0}
+
+
+def tiny_tokenizer() -> SelftokTokenizer:
+    torch.manual_seed(0)
+    return SelftokTokenizer(TokenizerConfig(**TINY)).eval()
+
+
+def load_tiny(folder: Path) -> SelftokTokenizer:
+    return SelftokTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> list[ShardJob]:
+    generator = SceneGenerator(SceneConfig(image_size=8, max_objects=2, categories=("single_object", "colors")), seed=0)
+    samples = []
+    for i in range(12):
+        scene = generator.scene("train", i)
+        buffer = io.BytesIO()
+        render(scene).save(buffer, format="PNG")
+        samples.append({"__key__": f"train-{i:07d}", "png": buffer.getvalue(), "txt": scene.caption, "json": "{}"})
+    shards = write_shards(samples, tmp_path / "shards", shard_size=4)
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    keys = [tuple(s["__key__"] for s in read_samples(p)) for p in shards]
+    return [ShardJob(p, tmp_path / "codes" / p.name, k, "digest") for p, k in zip(shards, keys, strict=True)]
+
+
+def codes_of(job: ShardJob) -> dict[str, np.ndarray]:
+    return {s["__key__"]: codes_from_bytes(s["codes.npy"], s["__key__"]) for s in read_samples(job.target)}
+
+
+def test_codes_equal_direct_encode_and_resume_skips_done_shards(jobs: list[ShardJob], tmp_path: Path) -> None:
+    (tmp_path / "codes").mkdir()
+    load = functools.partial(load_tiny, tmp_path / "tok")
+    assert run_jobs(jobs, load, batch_size=5, workers=1) == (3, 0)
+    model = load()
+    for job in jobs:
+        images = torch.stack([torch.from_numpy(np.asarray(Image.open(io.BytesIO(s["png"])).convert("RGB"))).permute(2, 0, 1)
+                              for s in read_samples(job.source)])
+        direct = model.encode(to_unit(images)).numpy()
+        got = codes_of(job)
+        assert list(got) == list(job.keys)
+        assert np.array_equal(np.stack(list(got.values())), direct)
+        assert json.loads(job.receipt.read_text())["keys"] == list(job.keys)
+
+    assert run_jobs(jobs, load, batch_size=5, workers=1) == (0, 3)
+    changed = [*jobs[:2], ShardJob(jobs[2].source, jobs[2].target, jobs[2].keys[:2], "digest")]
+    assert run_jobs(changed, load, batch_size=5, workers=1) == (1, 2)
+    assert list(codes_of(changed[2])) == list(jobs[2].keys[:2])
+
+
+def test_two_workers_give_the_same_codes(jobs: list[ShardJob], tmp_path: Path) -> None:
+    (tmp_path / "codes").mkdir()
+    load = functools.partial(load_tiny, tmp_path / "tok")
+    run_jobs(jobs, load, batch_size=5, workers=1)
+    single = [codes_of(j) for j in jobs]
+    for job in jobs:
+        job.receipt.unlink()
+    assert run_jobs(jobs, load, batch_size=5, workers=2) == (3, 0)
+    for job, expected in zip(jobs, single, strict=True):
+        got = codes_of(job)
+        assert list(got) == list(expected) and all(np.array_equal(got[k], expected[k]) for k in got)
+
+
+def test_truncated_shard_is_named_and_others_kept(jobs: list[ShardJob], tmp_path: Path) -> None:
+    (tmp_path / "codes").mkdir()
+    load = functools.partial(load_tiny, tmp_path / "tok")
+    run_jobs(jobs[:2], load, batch_size=5, workers=1)
+    kept = {j.target: j.target.read_bytes() for j in jobs[:2]}
+    jobs[2].source.write_bytes(jobs[2].source.read_bytes()[:900])
+    with pytest.raises(ShardError, match=jobs[2].source.name):
+        run_jobs(jobs, load, batch_size=5, workers=1)
+    assert {j.target: j.target.read_bytes() for j in jobs[:2]} == kept
+    assert not jobs[2].target.exists()
