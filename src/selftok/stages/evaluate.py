@@ -10,7 +10,6 @@ when the new model is better by `evaluate.promotion_margin`.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -32,6 +31,7 @@ from selftok.rl.trainer import diversity, visual_logits
 from selftok.stages.base import Metrics, StageContext
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.tokenize import load_tokenizer
+from selftok.stages.train_tokenizer import write_csv
 from selftok.tokenizer.quantizer import code_usage
 from selftok.viz import image_grid
 from selftok.vlm.decode import load_renderer
@@ -60,14 +60,6 @@ def find_version(name: str, folder: Path) -> str:
         if version.tags.get("weights.sha256") == digest:
             return str(version.version)
     raise LookupError(f"no version of {name} holds the weights in {folder} (sha256 {digest}); rerun the stage that registers it")
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def run(ctx: StageContext) -> Metrics:
