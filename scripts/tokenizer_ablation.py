@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=6000)
     ap.add_argument("--n-val", type=int, default=128)
-    ap.add_argument("--out", type=Path, default=Path("/tmp/tokenizer_ablation"))
+    ap.add_argument("--out", type=Path, default=Path("ablation_runs/tokenizer"))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

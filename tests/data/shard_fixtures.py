@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -13,6 +12,7 @@ from PIL import Image
 
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.data.shards import SHARD_PATTERN, write_shards
+from selftok.stages.ingest import manifest_row  # the rows exactly as ingest writes them
 
 SIZE = 16
 Sample = dict[str, Any]
@@ -32,27 +32,6 @@ def scene_sample(split: str, index: int) -> Sample:
         "png": png(render(scene)),
         "txt": scene.caption.encode(),
         "json": json.dumps(scene.metadata(), sort_keys=True).encode(),
-    }
-
-
-def manifest_row(sample: Sample, split: str, shard: str) -> dict[str, Any]:
-    """A manifest row per the ingest contract (facts as ingest claims them)."""
-    try:
-        with Image.open(io.BytesIO(sample["png"])) as image:
-            width, height, mode = image.width, image.height, image.mode
-    except Exception:
-        width = height = mode = None
-    return {
-        "key": sample["__key__"],
-        "split": split,
-        "shard": shard,
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "caption": sample.get("txt", b"").decode("utf-8", errors="replace"),
-        "sha256": hashlib.sha256(sample.get("png", b"")).hexdigest(),
-        "metadata": sample.get("json", b"{}").decode("utf-8", errors="replace"),
-        "members": ",".join(sorted(k for k in sample if not k.startswith("__"))),
     }
 
 
