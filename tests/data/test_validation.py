@@ -187,3 +187,13 @@ def test_table_failure_stops_clean_data_and_data_docs_land_in_the_project(tmp_pa
     assert (tmp_path / report["data_docs"]).is_file()
     pages = list((tmp_path / "data/validation/gx/uncommitted/data_docs/local_site/validations").rglob("*.html"))
     assert len(pages) == 1 and "mean must be greater than or equal to 0.3" in page_text(pages[0])
+
+
+def test_quarantine_names_the_source_file_of_folder_samples() -> None:
+    import pandas as pd
+
+    from selftok.data.validation import _source_file
+
+    assert _source_file(pd.Series({"metadata": '{"source": "folder", "file": "sub/broken.jpg"}'})) == {"file": "sub/broken.jpg"}
+    assert _source_file(pd.Series({"metadata": '{"objects": []}'})) == {}
+    assert _source_file(pd.Series({"metadata": "not json"})) == {}

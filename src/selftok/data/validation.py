@@ -412,6 +412,15 @@ def run_suite(
 # --- verdict -------------------------------------------------------------------------------
 
 
+def _source_file(row: pd.Series) -> dict[str, str]:
+    """{"file": path} for samples ingested from a folder, so the quarantine names the original file."""
+    try:
+        meta = json.loads(row.get("metadata") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return {"file": meta["file"]} if isinstance(meta, dict) and isinstance(meta.get("file"), str) else {}
+
+
 def validate_manifest(
     manifest: pd.DataFrame, root: Path, data: DataParams, params: ValidateParams, gx_root: Path
 ) -> ValidationResult:
@@ -446,6 +455,7 @@ def validate_manifest(
             "key": facts.at[row, "key"],
             "split": facts.at[row, "split"],
             "shard": facts.at[row, "shard"],
+            **_source_file(manifest.iloc[row]),
             "reasons": [{"kind": r.kind, "message": r.message} for r in sorted(found.values(), key=lambda r: order[r.kind])],
         }
         for row, found in reasons.items()
