@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class StageContext:
     params: Params
     spec: StageSpec
     run_id: str = ""
+    tracked: bool = True  # False on the non-main ranks of a multi-process launch
     started: float = field(default_factory=time.perf_counter)
 
     def path(self, relative: str | Path) -> Path:
@@ -83,14 +85,16 @@ class StageContext:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         flat = {k: float(v) for k, v in tracking.flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if flat:
+        if flat and self.tracked:
             mlflow.log_metrics(flat, step=step)
 
     def log_image(self, image: Any, artifact_file: str) -> None:
-        mlflow.log_image(image, artifact_file)
+        if self.tracked:
+            mlflow.log_image(image, artifact_file)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path)
+        if self.tracked:
+            mlflow.log_artifact(str(path), artifact_path)
 
 
 StageFn = Callable[[StageContext], Metrics]
@@ -116,6 +120,9 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     used = {key: select(plain, key) for key in spec.params}
     inputs = {dep: root / dep for dep in spec.deps if not dep.startswith("src/")}
     ctx = StageContext(name=name, root=root, params=params, spec=spec)
+    if os.environ.get("RANK", "0") != "0":  # accelerate/torchrun worker: rank 0 alone tracks and writes
+        ctx.tracked = False
+        return fn(ctx)
     system_metrics = name.startswith(("train", "pretrain", "rl"))
     with tracking.stage_run(root, params.tracking.experiment, name, used, params_hash(used), inputs, system_metrics) as run:
         ctx.run_id = run.info.run_id
