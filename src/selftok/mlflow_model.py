@@ -19,6 +19,7 @@ from mlflow.pyfunc import PythonModel
 MODEL_CLASSES: dict[str, str] = {
     "selftok-tokenizer": "selftok.tokenizer.model:SelftokTokenizer",
     "selftok-renderer": "selftok.tokenizer.model:SelftokTokenizer",
+    "selftok-spatial": "selftok.tokenizer.spatial:SpatialTokenizer",
     "selftok-evaluator": "selftok.eval.evaluator:SceneEvaluator",
     "selftok-vlm": "selftok.vlm.model:SelftokVLM",
 }

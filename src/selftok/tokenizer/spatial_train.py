@@ -1,0 +1,130 @@
+"""Training of the spatial control tokenizer on the shared loop (checkpoints, resume, accelerate).
+
+Loss: pixel MSE of the deterministic decode + commitment; the codebook moves by EMA after each
+step, exactly as for Selftok. A ``prefix_dropout`` fraction of samples sees only a random
+raster prefix of its codes (the rest masked), mirroring Selftok's nested prefix dropout so both
+tokenizers are trained to decode prefixes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from pydantic import Field
+from torch import nn
+
+from selftok.data.dataset import to_unit
+from selftok.schema import StrictModel
+from selftok.tokenizer.params import Fraction, Positive
+from selftok.tokenizer.schedule import sample_limits
+from selftok.tokenizer.spatial import SPATIAL_SIZES, SpatialConfig, SpatialStep, SpatialTokenizer
+from selftok.tokenizer.train import Callbacks, LoopConfig, TrainResult, make_accelerator, run_loop
+
+
+class SpatialParams(StrictModel):
+    """Architecture (size preset + overrides) and the recipe; defaults follow TokenizerParams."""
+
+    size: Literal[tuple(SPATIAL_SIZES)] = "T"  # type: ignore[valid-type]
+    encoder_width: Positive | None = None  # None: the size preset's value
+    encoder_depth: Positive | None = None
+    decoder_width: Positive | None = None
+    decoder_depth: Positive | None = None
+    heads: Positive | None = None
+    num_tokens: Positive = 32
+    codebook_size: int = Field(1024, ge=2)
+    code_dim: int = Field(16, ge=2)
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
+
+    steps: Positive = 2000
+    batch_size: Positive = 64
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    lr_decay: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    prefix_dropout: Fraction = 0.2  # share of samples decoded from a random raster prefix
+    commitment_weight: float = Field(1.0, ge=0.0)
+    checkpoint_every: Positive = 200
+    log_every: Positive = 25
+    eval_every: Positive = 500
+
+    def architecture(self, image_size: int) -> SpatialConfig:
+        overrides = {
+            k: getattr(self, k)
+            for k in ("encoder_width", "encoder_depth", "decoder_width", "decoder_depth", "heads")
+            if getattr(self, k) is not None
+        }
+        return SpatialConfig.from_size(
+            self.size,
+            image_size=image_size,
+            num_tokens=self.num_tokens,
+            codebook_size=self.codebook_size,
+            code_dim=self.code_dim,
+            ema_decay=self.ema_decay,
+            dead_threshold=self.dead_threshold,
+            **overrides,
+        )
+
+
+class SpatialTask:
+    """The ``train.Task`` of the spatial tokenizer: one parameter group, codebook EMA after each step."""
+
+    def __init__(self, model: SpatialTokenizer, images: torch.Tensor, params: SpatialParams, device: torch.device) -> None:
+        self.module = model
+        self.images = images  # uint8 [N, 3, H, W], kept on CPU
+        self.params = params
+        self.device = device
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.module.parameters() if p.requires_grad], "lr": lr}]
+
+    def loss(self, wrapped: nn.Module, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Any]:
+        model, p = self.module, self.params
+        x = to_unit(self.images[index]).to(self.device)
+        if not bool(model.quantizer.initialized):
+            with torch.no_grad():
+                z = model.quantizer.project(model.encoder(x))
+            model.quantizer.initialize(z, generator=generator)
+        limit = sample_limits(len(index), model.config.num_tokens, p.prefix_dropout, 0.0, generator)
+        out: SpatialStep = wrapped(x, limit.to(self.device))
+        return out.loss.mean() + p.commitment_weight * out.commitment, out
+
+    def after_step(self, aux: SpatialStep, generator: torch.Generator) -> dict[str, float]:
+        resets = self.module.quantizer.update(aux.z, aux.codes, generator)
+        return {
+            "pixel_mse": float(aux.loss.detach().mean()),
+            "commitment": float(aux.commitment.detach()),
+            "code_resets": float(resets),
+            "alive_code_fraction": self.module.quantizer.alive_fraction(),
+        }
+
+
+def train_spatial(
+    model: SpatialTokenizer,
+    images: torch.Tensor,
+    params: SpatialParams,
+    seed: int,
+    checkpoints: Path,
+    callbacks: Callbacks | None = None,
+    accelerator: Accelerator | None = None,
+) -> TrainResult:
+    """Train ``model`` on uint8 images [N, 3, H, W] to ``params.steps``, resuming from ``checkpoints``."""
+    accelerator = accelerator or make_accelerator()
+    task = SpatialTask(model.to(accelerator.device), images, params, accelerator.device)
+    loop = LoopConfig(
+        params.steps,
+        params.batch_size,
+        params.lr_decay,
+        params.warmup_steps,
+        params.grad_clip,
+        params.checkpoint_every,
+        params.log_every,
+        params.eval_every,
+        seed,
+    )
+    result = run_loop(task, len(images), params.lr, loop, checkpoints, accelerator, callbacks)
+    model.eval()
+    return result
