@@ -26,6 +26,7 @@ from prefect.runtime import flow_run
 
 from selftok import tracking
 from selftok.config import load_params, params_hash
+from selftok.stages.base import resolve_stages
 
 LOCK_FILE = ".dvc/tmp/selftok-pipeline.lock"
 SKIPPED = "didn't change, skipping"
@@ -36,8 +37,14 @@ class StageFailed(RuntimeError):
 
 
 def stage_order(root: Path) -> list[str]:
-    """Stages in the order dvc.yaml declares them (kept topological by convention, tested)."""
-    return list((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    """Stages in the order dvc.yaml declares them, ``foreach`` groups expanded in place
+    (``tokenize@selftok``, ``tokenize@spatial``); kept topological by convention, tested."""
+    return list(resolve_stages(root))
+
+
+def select_stages(order: list[str], names: list[str] | None) -> list[str]:
+    """The stages of ``order`` named in ``names`` (all when empty); a group name (``tokenize``) selects every arm."""
+    return [s for s in order if not names or s in names or s.partition("@")[0] in names]
 
 
 def _stage_env(root: Path, parent_run_id: str) -> dict[str, str]:
@@ -100,10 +107,11 @@ def pipeline(
     project = Path(root).resolve()
     params = load_params(project / "params.yaml")
     order = stage_order(project)
-    unknown = sorted((set(stages or []) | set(force_stages or [])) - set(order))
+    unknown = sorted(name for name in set(stages or []) | set(force_stages or []) if not select_stages(order, [name]))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {order}")
-    selected = [s for s in order if not stages or s in stages]
+    selected = select_stages(order, stages)
+    forced = select_stages(order, force_stages) if force_stages else []
     lock = FileLock(str(project / LOCK_FILE), timeout=0)
     (project / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,7 +128,7 @@ def pipeline(
                 reproduce.with_options(retries=params.pipeline.retries,
                                        retry_delay_seconds=params.pipeline.retry_delay_seconds,
                                        timeout_seconds=params.pipeline.stage_timeout_seconds)(
-                    stage, str(project), parent.info.run_id, force or stage in (force_stages or []))
+                    stage, str(project), parent.info.run_id, force or stage in forced)
                 for stage in selected
             ]
             metrics = headline_metrics(project)

@@ -35,6 +35,9 @@ def test_params_yaml_is_the_default_profile() -> None:
         (lambda p: p["data"].update(source="folder"), "data", "data.folder.path is not set"),
         (lambda p: p["validate"].update(max_bad_fraction=2), "validate.max_bad_fraction", "less than or equal to 1"),
         (lambda p: p.update(sed=1), "sed", "Extra inputs"),
+        (lambda p: p["control"]["spatial"].update(size="XL"), "control.spatial.size", "'T', 'S' or 'B'"),
+        (lambda p: p["control"]["spatial"].update(codebook_size=128), "(top level)",
+         "control.spatial.codebook_size (128) must equal tokenizer.codebook_size (64)"),
     ],
 )
 def test_bad_values_name_their_key(edit, key: str, fragment: str) -> None:

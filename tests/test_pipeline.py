@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from selftok import tracking
+from selftok.stages.base import resolve_stages
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +28,12 @@ def stage_runs(project: Path) -> list:
 
 
 def test_dvc_order_is_topological() -> None:
-    from flows.pipeline import stage_order
+    from flows.pipeline import select_stages, stage_order
 
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = resolve_stages(ROOT)
     order = stage_order(ROOT)
+    assert order.index("tokenize@selftok") < order.index("tokenize@spatial") < order.index("pretrain_vlm@selftok")
+    assert select_stages(order, ["tokenize", "evaluate"]) == ["tokenize@selftok", "tokenize@spatial", "evaluate"]
     produced = {out if isinstance(out, str) else next(iter(out)): name for name in order for out in stages[name].get("outs", [])}
     for position, name in enumerate(order):
         for dep in stages[name].get("deps", []):

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -18,6 +18,9 @@ from rich.logging import RichHandler
 from selftok.config import PARAMS_FILE, ConfigError, load_params
 from selftok.tokenizer import cli as tokenizer_cli
 from selftok.vlm import cli as vlm_cli
+
+if TYPE_CHECKING:
+    from selftok.stages.arms import Arm
 
 app = typer.Typer(help="Selftok pipeline: data, tokenizer, AR VLM, RL and evaluation.", no_args_is_help=True)
 profile_app = typer.Typer(help="Params profiles (same schema as params.yaml) under profiles/.", no_args_is_help=True)
@@ -34,6 +37,7 @@ bench_app.command("tokenizer")(tokenizer_cli.bench_tokenizer)
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project root (holds params.yaml and dvc.yaml).")]
+ArmName = Annotated[str, typer.Option("--arm", help="Tokenizer arm: selftok or spatial (the control).")]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -52,9 +56,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _arm(name: str) -> Arm:
+    from selftok.stages.arms import ARMS
+
+    if name not in ARMS:
+        _fail(f"no tokenizer arm {name!r}; known: {', '.join(ARMS)}")
+    return ARMS[name]
+
+
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="Stage name from dvc.yaml, e.g. ingest, validate.")],
+    name: Annotated[str, typer.Argument(help="Stage name from dvc.yaml, e.g. ingest, tokenize@spatial.")],
     root: Root = Path("."),
     params: Annotated[str, typer.Option(help="Params file, relative to the root.")] = PARAMS_FILE,
     verbose: bool = False,
@@ -113,6 +125,7 @@ def run(
 def bench_tokenize(
     root: Root = Path("."),
     workers: Annotated[list[int] | None, typer.Option("--workers", help="Worker counts to time (repeatable).")] = None,
+    arm: ArmName = "selftok",
 ) -> None:
     """Re-tokenisation images/s at 1 and 2 worker processes -> metrics/bench.json (merged).
 
@@ -123,21 +136,22 @@ def bench_tokenize(
     import time
 
     from selftok.data.retokenize import run_jobs
-    from selftok.stages.tokenize import TOKENIZER, load_tokenizer, plan
+    from selftok.stages.tokenize import plan
     from selftok.tracking import file_hash
     from selftok.vlm.bench import merge_bench
 
     _setup_logging()
     batch = load_params(root / PARAMS_FILE).tokenize.batch_size
-    jobs = [j for j in plan(root, file_hash(root / TOKENIZER)) if j.target.parent.name == "train"]
+    tokenizer_arm = _arm(arm)
+    jobs = [j for j in plan(root, file_hash(root / tokenizer_arm.tokenizer), tokenizer_arm.codes) if j.target.parent.name == "train"]
     images = sum(len(j.keys) for j in jobs)
     results = {}
     for count in workers or [1, 2]:
         with tempfile.TemporaryDirectory() as tmp:
             moved = [type(j)(j.source, Path(tmp) / j.target.name, j.keys, j.tokenizer_digest) for j in jobs]
             started = time.perf_counter()
-            run_jobs(moved, functools.partial(load_tokenizer, root), batch, count)
-            results[f"tokenize_images_per_s_{count}_workers"] = images / (time.perf_counter() - started)
+            run_jobs(moved, functools.partial(tokenizer_arm.load_tokenizer, root), batch, count)
+            results[f"tokenize_images_per_s_{count}_workers" + ("" if arm == "selftok" else f"_{arm}")] = images / (time.perf_counter() - started)
     console.print_json(data=results)
     console.print(f"merged into {merge_bench(root, results)}")
 
@@ -148,6 +162,7 @@ def check_codes(
     out: Annotated[Path, typer.Option(help="Where to write the grid.")] = Path("check-codes.png"),
     limit: Annotated[int, typer.Option(help="How many samples to show.")] = 32,
     root: Root = Path("."),
+    arm: ArmName = "selftok",
 ) -> None:
     """Write a grid of originals beside their decoded codes (renderer) and print the PSNR.
 
@@ -159,14 +174,13 @@ def check_codes(
     from selftok.data.codes import codes_from_bytes
     from selftok.data.dataset import accepted_manifest, decode_png, to_uint8, to_unit
     from selftok.data.shards import ShardError, read_samples
-    from selftok.stages.tokenize import load_tokenizer
     from selftok.tokenizer.metrics import psnr_8bit
     from selftok.viz import image_grid
 
     _setup_logging()
     try:
         samples = list(read_samples(shard))[:limit]
-        tokenizer = load_tokenizer(root, with_renderer=True)
+        tokenizer = _arm(arm).load_tokenizer(root, with_renderer=True)
         where = accepted_manifest(root).set_index("key")["shard"]
     except (ShardError, FileNotFoundError) as error:
         _fail(str(error))
@@ -183,7 +197,9 @@ def check_codes(
     console.print(f"{len(samples)} samples, renderer PSNR {value:.2f} dB (8-bit); grid (original, decoded pairs): {out}")
 
 
-REGISTERED_MODELS = ("selftok-tokenizer", "selftok-renderer", "selftok-evaluator", "selftok-vlm")
+REGISTERED_MODELS = (
+    "selftok-tokenizer", "selftok-renderer", "selftok-evaluator", "selftok-vlm", "selftok-spatial", "selftok-spatial-vlm",
+)
 
 
 @app.command()

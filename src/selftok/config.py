@@ -20,6 +20,7 @@ from selftok.eval.params import EvaluatorParams, GenevalParams
 from selftok.rl.params import RLParams
 from selftok.schema import StrictModel
 from selftok.tokenizer.params import RendererParams, TokenizerParams
+from selftok.tokenizer.spatial_params import SpatialParams
 from selftok.vlm.params import VLMParams
 
 PARAMS_FILE = "params.yaml"
@@ -117,6 +118,13 @@ class EvaluateParams(StrictModel):
     promotion_margin: Fraction = 0.02  # new model must beat the champion's overall score by this much
 
 
+class ControlParams(StrictModel):
+    """The spatial-token control arm (issue 10): its tokenizer. Re-tokenisation, VLM, RL and
+    evaluation run with the Selftok arm's own sections, so the two arms differ only in tokens."""
+
+    spatial: SpatialParams = SpatialParams()
+
+
 class PipelineParams(StrictModel):
     """How Prefect runs each stage task."""
 
@@ -141,8 +149,19 @@ class Params(StrictModel):
     geneval: GenevalParams = GenevalParams()
     rl: RLParams = RLParams()
     evaluate: EvaluateParams = EvaluateParams()
+    control: ControlParams = ControlParams()
     pipeline: PipelineParams = PipelineParams()
     tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="after")
+    def _same_bits_per_image(self) -> Params:
+        """The control is only a control with Selftok's K and codebook (K x log2 C bits per image)."""
+        spatial, selftok = self.control.spatial, self.tokenizer
+        for key in ("num_tokens", "codebook_size"):
+            if getattr(spatial, key) != getattr(selftok, key):
+                raise ValueError(f"control.spatial.{key} ({getattr(spatial, key)}) must equal tokenizer.{key} "
+                                 f"({getattr(selftok, key)}): both arms code an image in the same number of bits")
+        return self
 
     def section(self, key: str) -> Any:
         """The params section under a top-level key as plain data (for logging and hashing)."""

@@ -14,7 +14,8 @@ from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.registry import load_tokenizer
 from selftok.tokenizer.spatial import Grid, SpatialConfig, SpatialTokenizer, cell_grid, from_cells, to_cells
-from selftok.tokenizer.spatial_train import SpatialParams, train_spatial
+from selftok.tokenizer.spatial_params import SpatialParams
+from selftok.tokenizer.spatial_train import train_spatial
 from selftok.tokenizer.train import Callbacks
 
 ARCH = {

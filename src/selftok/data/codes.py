@@ -55,9 +55,9 @@ def code_sample(key: str, codes: np.ndarray, caption: str, metadata: str) -> dic
     return {"__key__": key, "codes.npy": codes_to_bytes(codes), "txt": caption, "json": metadata}
 
 
-def load_codes(root: Path, split: str, limit: int | None = None) -> CodeSet:
-    """All code samples of a split, in manifest (key) order."""
-    path = root / CODES_MANIFEST
+def load_codes(root: Path, split: str, limit: int | None = None, folder: Path = CODES) -> CodeSet:
+    """All code samples of a split, in manifest (key) order; ``folder`` is the arm's codes folder."""
+    path = root / folder / CODES_MANIFEST.name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: code manifest not found; run `dvc repro tokenize` first")
     manifest = pd.read_parquet(path)

@@ -15,12 +15,12 @@ from selftok.data.dataset import to_unit
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.fidelity import evaluator_fidelity, frechet_evaluator_distance
 from selftok.tokenizer.metrics import batched, prefix_lengths, psnr_8bit, ssim_8bit
-from selftok.tokenizer.model import SelftokTokenizer
+from selftok.tokenizer.registry import AnyTokenizer
 
 
 @torch.no_grad()
 def reconstruction_table(
-    tokenizer: SelftokTokenizer,
+    tokenizer: AnyTokenizer,
     evaluator: SceneEvaluator,
     images: torch.Tensor,
     decode_steps: int,

@@ -24,10 +24,15 @@ IMAGES = REPORTS / "images"
 CURVES = {  # stage -> metric keys worth plotting
     "train_tokenizer": ["train.loss"],
     "train_renderer": ["train.loss"],
+    "train_spatial": ["train.loss"],
     "train_evaluator": ["train.loss"],
-    "pretrain_vlm": ["train.loss"],
-    "rl_finetune": ["rl.reward", "rl.kl", "rl.distinct_codes"],
+    "pretrain_vlm@selftok": ["train.loss"],
+    "pretrain_vlm@spatial": ["train.loss"],
+    "rl_finetune@selftok": ["rl.reward", "rl.kl", "rl.distinct_codes"],
+    "rl_finetune@spatial": ["rl.reward", "rl.kl", "rl.distinct_codes"],
 }
+# What the two arms are compared on, side by side (flattened keys of each arm's metrics).
+ARM_SECTIONS = ("tokenizer", "generation", "rl_gain", "comprehension", "ar_probe")
 
 
 def latest_run(experiment: str, stage: str) -> Any:
@@ -64,7 +69,7 @@ def plot_curves(experiment: str, out: Path) -> list[str]:
             ax.set_xlabel("step")
         fig.suptitle(stage)
         fig.tight_layout()
-        path = out / f"curve_{stage}.png"
+        path = out / f"curve_{stage.replace('@', '_')}.png"
         fig.savefig(path, dpi=90)
         written.append(path.relative_to(out.parent).as_posix())
     return written
@@ -79,6 +84,17 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def side_by_side(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows metric | selftok | each control arm, for every number both arms report."""
+    controls = metrics.get("control", {})
+    arms = {"selftok": {k: metrics[k] for k in ARM_SECTIONS if k in metrics}} | {
+        name: {k: m[k] for k in ARM_SECTIONS if k in m} for name, m in controls.items()
+    }
+    flat = {name: flatten(values) for name, values in arms.items()}
+    keys = [k for k in flat["selftok"] if all(k in f for f in flat.values())]
+    return [{"metric": k, **{name: f[k] for name, f in flat.items()}} for k in keys]
+
+
 def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
     """Write reports/index.html from the evaluate metrics and saved images; returns its path."""
     table = json.loads((root / IMAGES.parent / "reconstruction.json").read_text())
@@ -91,6 +107,13 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
         {"category": c, **{m: generation.get(m, {}).get(c) for m in ("pretrained", "rl")}} for c in [*CATEGORIES, "overall"]
     ]
     promotion = metrics.get("promotion", {})
+    comparison = side_by_side(metrics)
+    control = [
+        "<h2>Selftok vs spatial-token control (issue 10)</h2>",
+        "<p>Same data, K, codebook and bits per image, same VLM, RL and sampling recipe; only the tokens differ. "
+        "rl_gain = RL minus pretrained GenEval-style score; entropy in nats by position (pretrained VLM, val codes).</p>",
+        _table(comparison, list(comparison[0])),
+    ] if comparison and len(comparison[0]) > 2 else []
     sections = [
         "<h1>Selftok pipeline report</h1>",
         "<h2>Headline</h2>",
@@ -103,6 +126,7 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
         _table(table, ["decoder", "k", "psnr", "ssim", "frechet_evaluator_distance", "evaluator_fidelity"]),
         "<h2>Generation (held-out prompts, GenEval-style)</h2>",
         _table(gen_rows, ["category", "pretrained", "rl"]),
+        *control,
         "<h2>Promotion</h2>",
         _table([{"key": k, "value": v} for k, v in promotion.items()], ["key", "value"]),
         "<h2>Images</h2>",

@@ -1,9 +1,10 @@
 """The stage contract: what `selftok stage NAME` does around every stage's own logic.
 
 A stage reads params.yaml and its declared deps, writes only its declared outs, writes
-``metrics/NAME.json`` and logs one MLflow run. Which params keys and deps a stage has is read
-from dvc.yaml itself, so the MLflow params, the params hash and the input hashes always match
-what DVC tracks.
+the metrics file it declares (``metrics/NAME.json``) and logs one MLflow run. Which params keys,
+deps and metrics file a stage has is read from dvc.yaml itself, so the MLflow params, the
+params hash and the input hashes always match what DVC tracks. A ``foreach`` stage
+``group@key`` runs the module ``selftok.stages.group``, which reads ``key`` from its spec.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -35,30 +37,63 @@ class StageError(RuntimeError):
 
 @dataclass(frozen=True)
 class StageSpec:
-    """A stage as declared in dvc.yaml."""
+    """A stage as declared in dvc.yaml, after DVC's templating (``foreach``, ``${item}``, ``vars``)."""
 
     name: str
     params: list[str]
     deps: list[str]
     outs: list[str]
+    metrics: list[str] = field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        """The stage module's name: ``tokenize`` for ``tokenize@spatial``."""
+        return self.name.partition("@")[0]
+
+    @property
+    def item(self) -> str | None:
+        """The foreach key (``spatial`` for ``tokenize@spatial``); None for a plain stage."""
+        return self.name.partition("@")[2] or None
+
+    @property
+    def metrics_file(self) -> str:
+        """Where the stage contract writes the metrics: the stage's first declared metrics file."""
+        if not self.metrics:
+            raise ValueError(f"stage {self.name!r} declares no metrics file in dvc.yaml")
+        return self.metrics[0]
 
 
-def read_spec(root: Path, name: str) -> StageSpec:
+def resolve_stages(root: Path) -> dict[str, dict[str, Any]]:
+    """Every stage of dvc.yaml with DVC's own templating applied, in declaration order.
+
+    ``foreach``/``matrix`` groups expand to ``group@key`` stages with ``${item...}``/``${key}``
+    substituted, exactly as `dvc repro` sees them (DVC's resolver, not a re-implementation).
+    """
+    from dvc.fs import LocalFileSystem
+    from dvc.parsing import DataResolver
+
     dvc_file = root / "dvc.yaml"
     if not dvc_file.is_file():
         raise FileNotFoundError(f"{dvc_file}: not found; run from the project root")
-    stages = (yaml.safe_load(dvc_file.read_text()) or {}).get("stages", {})
+    # The resolver needs only a filesystem (for vars files and params.yaml) and the parsing config.
+    repo = SimpleNamespace(fs=LocalFileSystem(), config={})
+    resolver = DataResolver(repo, str(root.resolve()), yaml.safe_load(dvc_file.read_text()) or {})
+    return resolver.resolve()["stages"]
+
+
+def read_spec(root: Path, name: str) -> StageSpec:
+    stages = resolve_stages(root)
     if name not in stages:
-        raise KeyError(f"stage {name!r} is not in {dvc_file}; known stages: {', '.join(stages)}")
+        raise KeyError(f"stage {name!r} is not in {root / 'dvc.yaml'}; known stages: {', '.join(stages)}")
     raw = stages[name]
     keys: list[str] = []
     for entry in raw.get("params", []):
         keys += [entry] if isinstance(entry, str) else [k for values in entry.values() for k in values]
 
-    def paths(items: list[Any]) -> list[str]:
-        return [item if isinstance(item, str) else next(iter(item)) for item in items]
+    def paths(items: list[Any]) -> list[str]:  # unique, in order (an arm may name one folder twice)
+        return list(dict.fromkeys(item if isinstance(item, str) else next(iter(item)) for item in items))
 
-    return StageSpec(name, keys, paths(raw.get("deps", [])), paths(raw.get("outs", [])))
+    return StageSpec(name, keys, paths(raw.get("deps", [])), paths(raw.get("outs", [])), paths(raw.get("metrics", [])))
 
 
 def select(data: Mapping[str, Any], dotted: str) -> Any:
@@ -115,7 +150,7 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     root = root.resolve()
     params = load_params(root / params_file)  # fails before any work if params are invalid
     spec = read_spec(root, name)
-    fn = stage_function(name)
+    fn = stage_function(spec.group)
     plain = params.model_dump(mode="json", by_alias=True)
     used = {key: select(plain, key) for key in spec.params}
     inputs = {dep: root / dep for dep in spec.deps if not dep.startswith("src/")}
@@ -129,7 +164,7 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
         log.info("stage %s: started (MLflow run %s)", name, ctx.run_id)
         metrics = fn(ctx)
         ctx.log_metrics(metrics)
-        out = root / "metrics" / f"{name}.json"
+        out = root / spec.metrics_file
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         mlflow.log_metric("stage_seconds", time.perf_counter() - ctx.started)

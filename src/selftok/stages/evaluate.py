@@ -3,15 +3,18 @@
 Reconstruction (each prefix, diffusion vs renderer, no-token baseline), the scene evaluator on
 held-out real renders, GenEval-style generation of the pretrained and the RL model on the
 held-out prompts (one sampling recipe), caption accuracy, and the AR-ness probe (the VLM's
-next-token entropy by position over val codes). The RL model is then compared with the
-`champion` of `selftok-vlm` on the same benchmark; `challenger` always moves, `champion` only
-when the new model is better by `evaluate.promotion_margin`.
+next-token entropy by position over val codes). The same measurements run on every tokenizer
+arm (selftok.stages.arms): Selftok's are the top-level keys, the spatial-token control's mirror
+them under `control.spatial`, with the RL gain per category beside each. The Selftok RL model
+is then compared with the `champion` of `selftok-vlm` on the same benchmark; `challenger`
+always moves, `champion` only when the new model is better by `evaluate.promotion_margin`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +24,20 @@ from mlflow.tracking import MlflowClient
 from selftok import promotion, tracking
 from selftok.config import params_hash
 from selftok.data.codes import load_codes
-from selftok.data.dataset import load_split, to_uint8
+from selftok.data.dataset import ImageSet, load_split, to_uint8
 from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
 from selftok.eval.reconstruction import reconstruction_table, row
 from selftok.eval.report import IMAGES, REPORTS, build_report
 from selftok.rl.grpo import token_entropy
 from selftok.rl.trainer import diversity, visual_logits
+from selftok.stages.arms import ARMS, SELFTOK, Arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.stages.pretrain_vlm import heldout_records
-from selftok.stages.tokenize import load_tokenizer
 from selftok.stages.train_tokenizer import write_csv
+from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.quantizer import code_usage
 from selftok.viz import image_grid
-from selftok.vlm.decode import load_renderer
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import comprehension, generation
 
@@ -62,60 +65,100 @@ def find_version(name: str, folder: Path) -> str:
     raise LookupError(f"no version of {name} holds the weights in {folder} (sha256 {digest}); rerun the stage that registers it")
 
 
-def run(ctx: StageContext) -> Metrics:
-    params = ctx.params.evaluate
-    images_dir = ctx.path(IMAGES)
-    images_dir.mkdir(parents=True, exist_ok=True)
-    val = load_split(ctx.root, "val", limit=params.val_images)
-    tokenizer = load_tokenizer(ctx.root, with_renderer=True)
-    evaluator = SceneEvaluator.load(ctx.path("models/evaluator"))
+def tokenizer_summary(table: list[dict[str, Any]], codes: torch.Tensor, num_tokens: int, codebook_size: int) -> Metrics:
+    """Headline reconstruction numbers of one arm's table: renderer at all K, its prefix curve, the
+    no-token baseline, and the diffusion decoder's where the tokenizer has one (Selftok)."""
+    full = row(table, "renderer", num_tokens)
+    diffusion = any(r["decoder"] == "diffusion" for r in table)
+    summary = {
+        "psnr_renderer": full["psnr"],
+        "ssim_renderer": full["ssim"],
+        "psnr_no_tokens": row(table, "diffusion" if diffusion else "renderer", 0)["psnr"],
+        "prefix_psnr": {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "renderer" and r["k"] > 0},
+        "active_code_fraction": code_usage(codes, codebook_size)["active_code_fraction"],
+        "evaluator_fidelity": full["evaluator_fidelity"],
+        "frechet_evaluator_distance": full["frechet_evaluator_distance"],
+    }
+    if diffusion:
+        summary["psnr_diffusion"] = row(table, "diffusion", num_tokens)["psnr"]
+        summary["prefix_psnr_diffusion"] = {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "diffusion" and r["k"] > 0}
+    return summary
 
-    # --- reconstruction ------------------------------------------------------------------------
-    table, recon = reconstruction_table(tokenizer, evaluator, val.images, params.decode_steps, ctx.params.seed)
+
+@dataclass
+class ArmScores:
+    """Everything evaluate measures on one tokenizer arm, with the same code for every arm."""
+
+    metrics: Metrics  # tokenizer, generation, rl_gain, comprehension, ar_probe
+    table: list[dict[str, Any]]  # reconstruction rows
+    entropy: dict[str, list[float]]  # model -> next-token entropy per position
+
+
+def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: ImageSet, records: list[dict[str, Any]]) -> ArmScores:
+    """Reconstruction by prefix, GenEval-style generation of the pretrained and RL models, RL gain
+    per category, caption accuracy and next-token entropy by position; images go to the report."""
+    params, sampling, seed = ctx.params.evaluate, ctx.params.vlm.sampling, ctx.params.seed
+    tag = "" if arm is SELFTOK else f"_{arm.name}"
+    images_dir = ctx.path(IMAGES)
+    tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)
+    with_diffusion = isinstance(tokenizer, SelftokTokenizer)  # the spatial decoder is its renderer
+    table, recon = reconstruction_table(tokenizer, evaluator, val.images, params.decode_steps, seed, with_diffusion=with_diffusion)
     k_all = tokenizer.config.num_tokens
     strip = torch.cat([val.images[:8]] + [to_uint8(recon[f"renderer/{k}"][:8]) for k in sorted({r["k"] for r in table})])
-    image_grid(strip, columns=8, scale=3).save(images_dir / "reconstruction_by_prefix.png")
-    (ctx.path(REPORTS) / "reconstruction.json").write_text(json.dumps(table, indent=1) + "\n")
-    write_csv(ctx.path(PLOTS / "reconstruction.csv"), table)
-    usage = code_usage(recon["codes"], tokenizer.config.codebook_size)
-    tokenizer_metrics = {
-        "psnr_diffusion": row(table, "diffusion", k_all)["psnr"],
-        "psnr_renderer": row(table, "renderer", k_all)["psnr"],
-        "ssim_renderer": row(table, "renderer", k_all)["ssim"],
-        "psnr_no_tokens": row(table, "diffusion", 0)["psnr"],
-        "prefix_psnr": {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "renderer" and r["k"] > 0},
-        "prefix_psnr_diffusion": {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "diffusion" and r["k"] > 0},
-        "active_code_fraction": usage["active_code_fraction"],
-        "evaluator_fidelity": row(table, "renderer", k_all)["evaluator_fidelity"],
-        "frechet_evaluator_distance": row(table, "renderer", k_all)["frechet_evaluator_distance"],
-    }
+    image_grid(strip, columns=8, scale=3).save(images_dir / f"reconstruction_by_prefix{tag}.png")
 
-    # --- the judge on held-out real renders -------------------------------------------------
-    tolerance = ctx.params.evaluator.match_tolerance * evaluator.config.image_size
-    judge = accuracy([objects_from_metadata(m) for m in val.metadata], evaluator.parse(val.images), tolerance)
-
-    # --- generation, comprehension and the AR-ness probe -----------------------------------
-    decode = load_renderer(ctx.root)
-    records = heldout_records(ctx)
-    vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path("models/vlm")), "rl": SelftokVLM.from_pretrained(ctx.path("models/vlm_rl"))}
-    sampling = ctx.params.vlm.sampling
+    decode = arm.decode_fn(ctx.root)
+    vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
     gen, entropy = {}, {}
-    codes = load_codes(ctx.root, "val", limit=params.val_images)
+    codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
     for name, vlm in vlms.items():
         gen[name], images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
         gen[name].pop("images", None)
         gen[name]["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), sampling.samples_per_prompt)
         n = sampling.samples_per_prompt
         picks = torch.cat([images[i * n : (i + 1) * n] for i in range(0, len(records), max(1, len(records) // 12))][:12])
-        image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation_{name}.png")
+        image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation{tag}_{name}.png")
         entropy[name] = entropy_by_position(vlm, codes.captions, codes.codes)
-    write_csv(ctx.path(PLOTS / "entropy_by_position.csv"),
-              [{"position": i + 1, **{name: e[i] for name, e in entropy.items()}} for i in range(k_all)])
-    write_csv(ctx.path(PLOTS / "geneval.csv"),
-              [{"category": c, **{name: gen[name].get(c) for name in gen}} for c in CATEGORIES if c in gen["pretrained"]])
     n_caption = min(ctx.params.vlm.eval.caption_samples, len(codes))
     captions, _ = comprehension(vlms["pretrained"].lm, vlms["pretrained"].tokenizer, codes.codes[:n_caption],
                                 codes.metadata[:n_caption], codes.captions[:n_caption], sampling)
+    pretrained = entropy["pretrained"]
+    metrics: Metrics = {
+        "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size),
+        "generation": gen,
+        "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]},
+        "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
+        "ar_probe": {"entropy_first": pretrained[0], "entropy_last": pretrained[-1], "entropy_mean": sum(pretrained) / k_all,
+                     "entropy_by_position": {str(i + 1): e for i, e in enumerate(pretrained)}},
+    }
+    return ArmScores(metrics, table, entropy)
+
+
+def run(ctx: StageContext) -> Metrics:
+    params = ctx.params.evaluate
+    ctx.path(IMAGES).mkdir(parents=True, exist_ok=True)
+    val = load_split(ctx.root, "val", limit=params.val_images)
+    evaluator = SceneEvaluator.load(ctx.path("models/evaluator"))
+    records = heldout_records(ctx)
+    arms = {name: score_arm(ctx, arm, evaluator, val, records) for name, arm in ARMS.items()}
+    selftok = arms[SELFTOK.name]
+
+    # --- the judge on held-out real renders -------------------------------------------------
+    tolerance = ctx.params.evaluator.match_tolerance * evaluator.config.image_size
+    judge = accuracy([objects_from_metadata(m) for m in val.metadata], evaluator.parse(val.images), tolerance)
+
+    # --- tables and plots, one row or column per arm -----------------------------------------
+    (ctx.path(REPORTS) / "reconstruction.json").write_text(json.dumps(selftok.table, indent=1) + "\n")
+    write_csv(ctx.path(PLOTS / "reconstruction.csv"), [{"arm": name, **r} for name, s in arms.items() for r in s.table])
+    k_all = len(selftok.entropy["pretrained"])
+    write_csv(ctx.path(PLOTS / "entropy_by_position.csv"),
+              [{"position": i + 1, **{_column(arm, m): e[i] for arm, s in arms.items() for m, e in s.entropy.items()}}
+               for i in range(k_all)])
+    write_csv(ctx.path(PLOTS / "geneval.csv"),
+              [{"category": c, **{_column(arm, m): s.metrics["generation"][m].get(c) for arm, s in arms.items()
+                                  for m in ("pretrained", "rl")}}
+               for c in CATEGORIES if c in selftok.metrics["generation"]["pretrained"]])
+    overall = selftok.metrics["generation"]["rl"]["overall"]
 
     # --- promotion -------------------------------------------------------------------------
     challenger = find_version(VLM_NAME, ctx.path("models/vlm_rl"))
@@ -128,28 +171,30 @@ def run(ctx: StageContext) -> Metrics:
     benchmark = _benchmark_hash(ctx, records)
     if champion is not None and champion != challenger and champion_score is None:
         decision = promotion.Decision(False, f"champion v{champion} was scored on another benchmark; kept (move the alias "
-                                      "by hand if the new one should replace it)", gen["rl"]["overall"], None, params.promotion_margin)
+                                      "by hand if the new one should replace it)", overall, None, params.promotion_margin)
     else:
-        decision = promotion.decide(gen["rl"]["overall"], champion_score, params.promotion_margin)
+        decision = promotion.decide(overall, champion_score, params.promotion_margin)
     client = MlflowClient()
     client.set_model_version_tag(VLM_NAME, challenger, "benchmark.hash", benchmark)
-    client.set_model_version_tag(VLM_NAME, challenger, "benchmark.overall", str(gen["rl"]["overall"]))
+    client.set_model_version_tag(VLM_NAME, challenger, "benchmark.overall", str(overall))
     previous = promotion.apply(VLM_NAME, challenger, decision)
     log.info("promotion: %s (challenger v%s, champion before v%s)", decision.reason, challenger, previous)
 
     metrics: Metrics = {
-        "tokenizer": tokenizer_metrics,
+        **selftok.metrics,
         "evaluator": judge,
-        "generation": gen,
-        "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
-        "ar_probe": {"entropy_first": entropy["pretrained"][0], "entropy_last": entropy["pretrained"][-1],
-                     "entropy_mean": sum(entropy["pretrained"]) / k_all},
+        "control": {name: s.metrics for name, s in arms.items() if name != SELFTOK.name},
         "promotion": {"promoted": decision.promote, "reason": decision.reason, "challenger_score": decision.challenger_score,
                       "champion_score": decision.champion_score, "margin": decision.margin},
     }
     index = build_report(ctx.root, metrics, ctx.params.tracking.experiment)
     ctx.log_artifact(index.parent, "report")
     return metrics
+
+
+def _column(arm: str, model: str) -> str:
+    """Plot column of one arm's model: Selftok keeps the plain names (pretrained, rl)."""
+    return model if arm == SELFTOK.name else f"{arm}_{model}"
 
 
 def _benchmark_hash(ctx: StageContext, records: list[dict[str, Any]]) -> str:

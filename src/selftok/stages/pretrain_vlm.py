@@ -1,4 +1,7 @@
-"""Stage `pretrain_vlm`: code shards -> the AR vision-language model models/vlm (registered as selftok-vlm).
+"""Stage `pretrain_vlm@ARM`: the arm's code shards -> its AR vision-language model.
+
+Selftok arm: data/codes -> models/vlm (registered as selftok-vlm); the spatial control arm:
+data/codes_spatial -> models/vlm_spatial (selftok-spatial-vlm), same recipe (selftok.stages.arms).
 
 Trains the text BPE on the training captions (kept with the checkpoints, so a resumed run
 uses the same vocabulary), pretrains the Llama backbone on the mixed layouts with periodic
@@ -21,14 +24,14 @@ import torch
 
 from selftok import tracking
 from selftok.config import params_hash
-from selftok.data.codes import CODES, CodeSet, load_codes
+from selftok.data.codes import CodeSet, load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import prompt_sets
+from selftok.stages.arms import Arm, stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.tokenizer.train import Callbacks, make_accelerator
 from selftok.viz import image_grid
-from selftok.vlm.decode import load_renderer
 from selftok.vlm.generate import generate_images
 from selftok.vlm.model import SelftokVLM, build_lm
 from selftok.vlm.params import VLMParams
@@ -37,17 +40,16 @@ from selftok.vlm.train import evaluate_loss, train_vlm
 from selftok.vlm.vocab import VLMTokenizer
 
 log = logging.getLogger(__name__)
-MODEL_DIR, CHECKPOINTS, EVALUATOR_DIR = Path("models/vlm"), Path("checkpoints/vlm"), Path("models/evaluator")
-REGISTERED_NAME = "selftok-vlm"
+EVALUATOR_DIR = Path("models/evaluator")
 
 
-def vocabulary(root: Path, train: CodeSet, params: VLMParams) -> VLMTokenizer:
+def vocabulary(root: Path, train: CodeSet, params: VLMParams, arm: Arm) -> VLMTokenizer:
     """The BPE + visual vocabulary, built once per recipe and reused when the run resumes."""
-    info = json.loads((root / CODES / "info.json").read_text())
+    info = json.loads((root / arm.codes / "info.json").read_text())
     k, c = int(info["num_tokens"]), int(info["codebook_size"])
     if train.codes.shape[1] != k:
-        raise ValueError(f"{CODES}/info.json says K={k} but the train codes have {train.codes.shape[1]} tokens")
-    folder = root / CHECKPOINTS / "tokenizer"
+        raise ValueError(f"{arm.codes}/info.json says K={k} but the train codes have {train.codes.shape[1]} tokens")
+    folder = root / arm.vlm_checkpoints / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         return VLMTokenizer.from_pretrained(folder)
     tokenizer = VLMTokenizer.build(train.captions, c, k, params.text_vocab_size)
@@ -88,19 +90,19 @@ def heldout_records(ctx: StageContext) -> list[dict[str, Any]]:
     return per_category(prompt_sets(ctx.params)["heldout"], ctx.params.vlm.eval.geneval_prompts_per_category)
 
 
-def fresh_checkpoints(ctx: StageContext) -> None:
+def fresh_checkpoints(ctx: StageContext, arm: Arm) -> None:
     """Resume only a run of the same recipe on the same codes: anything else starts over.
 
-    checkpoints/vlm persists across DVC runs, so after a change of data or params the old
+    The arm's checkpoints (checkpoints/vlm for Selftok) persist across DVC runs, so after a change of data or params the old
     checkpoint must not be continued as if nothing had happened."""
     p = ctx.params.vlm
     recipe = p.model_dump(mode="json", exclude={"sampling", "eval", "log_every", "eval_every", "checkpoint_every"})
     digest = params_hash({
         "seed": ctx.params.seed,
         "vlm": recipe,
-        "codes": [tracking.file_hash(ctx.path(CODES / name)) for name in ("manifest.parquet", "info.json")],
+        "codes": [tracking.file_hash(ctx.path(arm.codes / name)) for name in ("manifest.parquet", "info.json")],
     })
-    folder = ctx.path(CHECKPOINTS)
+    folder = ctx.path(arm.vlm_checkpoints)
     stamp = folder / "recipe.json"
     if folder.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("digest") != digest):
         log.warning("%s: checkpoints of another recipe or other codes; starting over", folder)
@@ -111,17 +113,17 @@ def fresh_checkpoints(ctx: StageContext) -> None:
 
 def run(ctx: StageContext) -> Metrics:
     params: VLMParams = ctx.params.vlm
-    seed = ctx.params.seed
-    train, val = load_codes(ctx.root, "train"), load_codes(ctx.root, "val")
+    seed, arm = ctx.params.seed, stage_arm(ctx)
+    train, val = load_codes(ctx.root, "train", folder=arm.codes), load_codes(ctx.root, "val", folder=arm.codes)
     accelerator = make_accelerator()
     if accelerator.is_main_process:
-        fresh_checkpoints(ctx)
-        vocabulary(ctx.root, train, params)
+        fresh_checkpoints(ctx, arm)
+        vocabulary(ctx.root, train, params, arm)
     accelerator.wait_for_everyone()
-    tokenizer = vocabulary(ctx.root, train, params)
+    tokenizer = vocabulary(ctx.root, train, params, arm)
     lm = build_lm(params, tokenizer, seed)
     vlm = SelftokVLM(lm, tokenizer, params.sampling)
-    decode = load_renderer(ctx.root, accelerator.device) if accelerator.is_main_process else None
+    decode = arm.decode_fn(ctx.root, accelerator.device) if accelerator.is_main_process else None
     if decode is None and accelerator.is_main_process:
         log.warning("no tokenizer renderer yet: samples are logged as code statistics only")
     callbacks = Callbacks(
@@ -129,7 +131,7 @@ def run(ctx: StageContext) -> Metrics:
         on_eval=sample_logger(ctx, vlm, val, params, decode, seed),
     )
     result, task = train_vlm(
-        lm, tokenizer, tokenizer.encode_text(train.captions), train.codes, params, seed, ctx.path(CHECKPOINTS),
+        lm, tokenizer, tokenizer.encode_text(train.captions), train.codes, params, seed, ctx.path(arm.vlm_checkpoints),
         callbacks, accelerator,
     )
     if result.seconds > 0 and result.steps > result.resumed_from:
@@ -137,8 +139,8 @@ def run(ctx: StageContext) -> Metrics:
     if not accelerator.is_main_process:
         return {}
     vlm.lm = accelerator.unwrap_model(lm).eval()
-    vlm.save_pretrained(ctx.path(MODEL_DIR))
-    mlflow.set_tag("registered_version", tracking.log_model_dir(ctx.path(MODEL_DIR), REGISTERED_NAME))
+    vlm.save_pretrained(ctx.path(arm.vlm))
+    mlflow.set_tag("registered_version", tracking.log_model_dir(ctx.path(arm.vlm), arm.registered_vlm))
 
     n_val = min(params.eval.caption_samples, len(val))
     metrics: Metrics = {
@@ -161,7 +163,7 @@ def run(ctx: StageContext) -> Metrics:
         n = params.sampling.samples_per_prompt
         ctx.log_image(image_grid(to_uint8(images[: 8 * n]), columns=n, scale=3), "generation/heldout.png")
     else:
-        log.warning("generation scores skipped: needs models/renderer (%s) and models/evaluator (%s)", decode is not None, evaluator_ready)
+        log.warning("generation scores skipped: needs the arm's renderer (%s) and models/evaluator (%s)", decode is not None, evaluator_ready)
     return _finite(metrics)
 
 

@@ -1,8 +1,11 @@
-"""Stage `rl_finetune`: models/vlm -> models/vlm_rl by GRPO on the RL (train) prompt set.
+"""Stage `rl_finetune@ARM`: the arm's pretrained VLM -> its RL model by GRPO on the RL (train) prompt set.
+
+Selftok arm: models/vlm -> models/vlm_rl; the spatial control arm: models/vlm_spatial ->
+models/vlm_rl_spatial, with the same rewards, prompts and recipe (selftok.stages.arms).
 
 Rewards come from the scene evaluator's reward API on rendered images; the benchmark's
 held-out prompts are never used here. The result is registered as a new version of
-`selftok-vlm`; the `evaluate` stage scores it against the pretrained model on the held-out
+the arm's VLM model (`selftok-vlm` for Selftok); the `evaluate` stage scores it against the pretrained model on the held-out
 prompts with the same sampling recipe.
 """
 
@@ -18,25 +21,25 @@ from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import prompt_sets
 from selftok.rl.trainer import RLRun, evaluator_reward, train_grpo
+from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
-from selftok.vlm.decode import load_renderer
 from selftok.vlm.model import SelftokVLM
 
 log = logging.getLogger(__name__)
-PRETRAINED, MODEL_DIR, CHECKPOINTS = Path("models/vlm"), Path("models/vlm_rl"), Path("checkpoints/rl")
 EVALUATOR = Path("models/evaluator")
 
 
 def run(ctx: StageContext) -> Metrics:
-    for folder in (PRETRAINED, EVALUATOR):
+    arm = stage_arm(ctx)
+    for folder in (arm.vlm, EVALUATOR):
         if not (ctx.path(folder) / "config.json").is_file():
             raise FileNotFoundError(f"{ctx.path(folder)}: missing; run the stage that makes it first")
-    decode = load_renderer(ctx.root)
+    decode = arm.decode_fn(ctx.root)
     if decode is None:
-        raise FileNotFoundError("models/tokenizer and models/renderer are needed to render generations")
+        raise FileNotFoundError(f"{', '.join(map(str, arm.model_folders()))}: needed to render generations")
     evaluator = SceneEvaluator.load(ctx.path(EVALUATOR))
-    vlm = SelftokVLM.from_pretrained(ctx.path(PRETRAINED))
+    vlm = SelftokVLM.from_pretrained(ctx.path(arm.vlm))
     params = ctx.params.rl
     torch.manual_seed(ctx.params.seed)
 
@@ -47,14 +50,14 @@ def run(ctx: StageContext) -> Metrics:
         RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator), evaluator.features, prompt_sets(ctx.params)["train"],
               ctx.params.vlm.sampling, ctx.params.seed),
         params,
-        ctx.path(CHECKPOINTS),
+        ctx.path(arm.rl_checkpoints),
         on_log=lambda step, logs: ctx.log_metrics({"rl": logs}, step),
         on_samples=on_samples,
     )
     ctx.log_metrics({"rl_seconds": result.seconds})
     vlm.lm.eval()
-    vlm.save_pretrained(ctx.path(MODEL_DIR))
-    tracking.log_model_dir(ctx.path(MODEL_DIR), "selftok-vlm")
+    vlm.save_pretrained(ctx.path(arm.vlm_rl))
+    tracking.log_model_dir(ctx.path(arm.vlm_rl), arm.registered_vlm)
     first, last = result.history[:5], result.history[-5:]
 
     def mean(rows: list[dict[str, float]], key: str) -> float | None:

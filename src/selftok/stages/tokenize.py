@@ -1,4 +1,7 @@
-"""Stage `tokenize`: accepted images -> Selftok code shards data/codes/{train,val} + manifest.
+"""Stage `tokenize@ARM`: accepted images -> code shards of the arm ({codes}/{train,val} + manifest).
+
+One stage per tokenizer arm (selftok.stages.arms): Selftok writes data/codes, the spatial
+control data/codes_spatial, with the same code.
 
 After encoding, a great-expectations suite checks the codes (within the codebook, length K,
 every accepted sample exactly once) and a decode-back check renders a sample of codes and
@@ -19,38 +22,31 @@ import torch
 from rich.progress import Progress
 
 from selftok.data.code_checks import validate_codes
-from selftok.data.codes import CODES, CODES_MANIFEST, load_codes
+from selftok.data.codes import CODES_MANIFEST, load_codes
 from selftok.data.dataset import accepted_manifest, load_split, to_uint8, to_unit
 from selftok.data.retokenize import ShardJob, run_jobs
+from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.tokenizer.metrics import psnr_8bit
-from selftok.tokenizer.model import SelftokTokenizer
+from selftok.tokenizer.registry import AnyTokenizer
 from selftok.tracking import file_hash
 from selftok.viz import image_grid
 
 log = logging.getLogger(__name__)
-TOKENIZER, RENDERER = Path("models/tokenizer"), Path("models/renderer")
 
 
-def load_tokenizer(root: Path, with_renderer: bool = False) -> SelftokTokenizer:
-    for folder in (TOKENIZER, RENDERER) if with_renderer else (TOKENIZER,):
-        if not (root / folder / "config.json").is_file():
-            raise FileNotFoundError(f"{root / folder}: no trained model; run `dvc repro {'train_' + folder.name}` first")
-    return SelftokTokenizer.from_pretrained(root / TOKENIZER, renderer=root / RENDERER if with_renderer else None)
-
-
-def plan(root: Path, tokenizer_digest: str) -> list[ShardJob]:
+def plan(root: Path, tokenizer_digest: str, codes: Path) -> list[ShardJob]:
     manifest = accepted_manifest(root)
     jobs = []
     for (split, shard), rows in manifest.groupby(["split", "shard"], sort=True):
-        target = root / CODES / str(split) / Path(str(shard)).name
+        target = root / codes / str(split) / Path(str(shard)).name
         jobs.append(ShardJob(root / str(shard), target, tuple(sorted(rows["key"])), tokenizer_digest))
     return jobs
 
 
-def decode_back(root: Path, tokenizer: SelftokTokenizer, samples: int) -> tuple[float, torch.Tensor]:
+def decode_back(root: Path, tokenizer: AnyTokenizer, samples: int, folder: Path) -> tuple[float, torch.Tensor]:
     """Render val codes back to images; PSNR against the originals and a side-by-side grid."""
-    codes = load_codes(root, "val", limit=samples)
+    codes = load_codes(root, "val", limit=samples, folder=folder)
     originals = load_split(root, "val", limit=samples)
     if codes.keys != originals.keys:
         raise ValueError("decode-back: code keys do not match accepted val keys; codes are stale or misordered")
@@ -60,10 +56,10 @@ def decode_back(root: Path, tokenizer: SelftokTokenizer, samples: int) -> tuple[
 
 
 def run(ctx: StageContext) -> Metrics:
-    params = ctx.params.tokenize
-    digest = file_hash(ctx.path(TOKENIZER))
-    jobs = plan(ctx.root, digest)
-    stale = {p for p in ctx.path(CODES).glob("*/shard-*") if p.with_suffix(".tar") not in {j.target for j in jobs}}
+    params, arm = ctx.params.tokenize, stage_arm(ctx)
+    digest = file_hash(ctx.path(arm.tokenizer))
+    jobs = plan(ctx.root, digest, arm.codes)
+    stale = {p for p in ctx.path(arm.codes).glob("*/shard-*") if p.with_suffix(".tar") not in {j.target for j in jobs}}
     for path in stale:
         path.unlink()
     for job in jobs:
@@ -75,7 +71,7 @@ def run(ctx: StageContext) -> Metrics:
         progress.advance(task, sum(job.is_done() for job in jobs))
         encoded, skipped = run_jobs(
             jobs,
-            functools.partial(load_tokenizer, ctx.root),
+            functools.partial(arm.load_tokenizer, ctx.root),
             params.batch_size,
             params.workers,
             on_done=lambda _: progress.advance(task),
@@ -87,21 +83,21 @@ def run(ctx: StageContext) -> Metrics:
         for key in json.loads(job.receipt.read_text())["keys"]
     ]
     manifest = pd.DataFrame(rows).sort_values("key", kind="stable").reset_index(drop=True)
-    manifest.to_parquet(ctx.path(CODES_MANIFEST), index=False)
-    tokenizer = load_tokenizer(ctx.root, with_renderer=True)
+    manifest.to_parquet(ctx.path(arm.codes / CODES_MANIFEST.name), index=False)
+    tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)
     config = tokenizer.config
-    ctx.path(CODES / "info.json").write_text(
+    ctx.path(arm.codes / "info.json").write_text(
         json.dumps({"num_tokens": config.num_tokens, "codebook_size": config.codebook_size, "tokenizer": digest}, indent=1) + "\n"
     )
     if pending:
         ctx.log_metrics({"encode_images_per_s": pending / seconds})
 
     accepted = accepted_manifest(ctx.root)
-    sets = {split: load_codes(ctx.root, split) for split in ("train", "val")}
+    sets = {split: load_codes(ctx.root, split, folder=arm.codes) for split in ("train", "val")}
     expected = {split: list(accepted.loc[accepted["split"] == split, "key"]) for split in sets}
-    validate_codes(sets, expected, config.num_tokens, config.codebook_size, ctx.path(CODES / "validation"))
+    validate_codes(sets, expected, config.num_tokens, config.codebook_size, ctx.path(arm.codes / "validation"))
     train = sets["train"]
-    psnr_back, pairs = decode_back(ctx.root, tokenizer, params.check_samples)
+    psnr_back, pairs = decode_back(ctx.root, tokenizer, params.check_samples, arm.codes)
     ctx.log_image(image_grid(pairs, columns=16, scale=3), "decode_back/val.png")
     log.info("tokenize: %d shards encoded, %d unchanged; decode-back PSNR %.2f dB", encoded, skipped, psnr_back)
     return {

@@ -8,7 +8,7 @@ from PIL import Image
 
 from selftok.data.dataset import to_uint8, to_unit
 from selftok.tokenizer.metrics import prefix_lengths
-from selftok.tokenizer.model import SelftokTokenizer
+from selftok.tokenizer.registry import AnyTokenizer
 
 
 def image_grid(rows: list[torch.Tensor], scale: int = 4, pad: int = 2) -> Image.Image:
@@ -24,8 +24,10 @@ def image_grid(rows: list[torch.Tensor], scale: int = 4, pad: int = 2) -> Image.
 
 
 @torch.no_grad()
-def reconstruction_grid(model: SelftokTokenizer, images: torch.Tensor, steps: int, seed: int = 0) -> Image.Image:
-    """Rows: original, diffusion decode, renderer (if any), then diffusion decodes of prefixes 1, 2, 4, ..."""
+def reconstruction_grid(model: AnyTokenizer, images: torch.Tensor, steps: int, seed: int = 0) -> Image.Image:
+    """Rows: original, diffusion decode, renderer (if any), then diffusion decodes of prefixes 1, 2, 4, ...
+
+    A spatial tokenizer's decode is its renderer, so its rows are its full and prefix renders."""
     model.eval()
     device = next(model.parameters()).device
     x = to_unit(images).to(device)

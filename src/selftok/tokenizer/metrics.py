@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from selftok.data.dataset import to_uint8, to_unit
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.quantizer import code_usage
+from selftok.tokenizer.registry import AnyTokenizer
 
 ImageFn = Callable[[torch.Tensor], torch.Tensor]  # codes -> images in [-1, 1]
 
@@ -89,8 +90,10 @@ def evaluate_tokenizer(
 
 
 @torch.no_grad()
-def evaluate_renderer(model: SelftokTokenizer, images: torch.Tensor, batch: int = 128) -> dict[str, Any]:
-    """Renderer metrics: PSNR/SSIM with all K tokens and the renderer's prefix curve."""
+def evaluate_renderer(model: AnyTokenizer, images: torch.Tensor, batch: int = 128) -> dict[str, Any]:
+    """Renderer metrics: PSNR/SSIM with all K tokens, the renderer's prefix curve and codebook use.
+
+    Uses only the API both tokenizers share, so the spatial control arm is scored by the same code."""
     model.eval()
     device = next(model.parameters()).device
     target = to_unit(images)
@@ -104,4 +107,5 @@ def evaluate_renderer(model: SelftokTokenizer, images: torch.Tensor, batch: int 
         "psnr_renderer": float(psnr_8bit(full, target).mean()),
         "ssim_renderer": float(ssim_8bit(full, target).mean()),
         "prefix_psnr_renderer": prefix,
+        "active_code_fraction": code_usage(codes, model.config.codebook_size)["active_code_fraction"],
     }

@@ -32,21 +32,12 @@ from selftok.data.dataset import to_uint8, to_unit
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.layers import FinalLayer, Stream, attention, init_weights
 from selftok.tokenizer.quantizer import Quantizer
+from selftok.tokenizer.spatial_params import SPATIAL_SIZES
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FORMAT = "selftok-spatial/1"
 MODEL_TYPE = "selftok-spatial"  # what selftok.mlflow_model and registry.load_tokenizer dispatch on
 CHANNELS = 3  # pixel space only
-
-# Named sizes with the widths of arch.SIZES and depths chosen so each size has about the
-# parameter count of the Selftok size of the same name (T: 2.22M vs 2.17M). The single-stream
-# decoder needs more blocks than the two-stream MMDiT for the same count.
-SPATIAL_SIZES: dict[str, dict[str, int]] = {
-    "T": {"encoder_width": 96, "encoder_depth": 4, "decoder_width": 128, "decoder_depth": 5, "heads": 4},
-    "S": {"encoder_width": 192, "encoder_depth": 6, "decoder_width": 256, "decoder_depth": 11, "heads": 4},
-    "B": {"encoder_width": 768, "encoder_depth": 12, "decoder_width": 768, "decoder_depth": 23, "heads": 12},
-}
-
 
 @dataclass(frozen=True)
 class Grid:

@@ -9,64 +9,17 @@ tokenizers are trained to decode prefixes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from pydantic import Field
 from torch import nn
 
 from selftok.data.dataset import to_unit
-from selftok.schema import StrictModel
-from selftok.tokenizer.params import Fraction, Positive
 from selftok.tokenizer.schedule import sample_limits
-from selftok.tokenizer.spatial import SPATIAL_SIZES, SpatialConfig, SpatialStep, SpatialTokenizer
+from selftok.tokenizer.spatial import SpatialStep, SpatialTokenizer
+from selftok.tokenizer.spatial_params import SpatialParams
 from selftok.tokenizer.train import Callbacks, LoopConfig, TrainResult, make_accelerator, run_loop
-
-
-class SpatialParams(StrictModel):
-    """Architecture (size preset + overrides) and the recipe; defaults follow TokenizerParams."""
-
-    size: Literal[tuple(SPATIAL_SIZES)] = "T"  # type: ignore[valid-type]
-    encoder_width: Positive | None = None  # None: the size preset's value
-    encoder_depth: Positive | None = None
-    decoder_width: Positive | None = None
-    decoder_depth: Positive | None = None
-    heads: Positive | None = None
-    num_tokens: Positive = 32
-    codebook_size: int = Field(1024, ge=2)
-    code_dim: int = Field(16, ge=2)
-    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
-    dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
-
-    steps: Positive = 2000
-    batch_size: Positive = 64
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    lr_decay: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    prefix_dropout: Fraction = 0.2  # share of samples decoded from a random raster prefix
-    commitment_weight: float = Field(1.0, ge=0.0)
-    checkpoint_every: Positive = 200
-    log_every: Positive = 25
-    eval_every: Positive = 500
-
-    def architecture(self, image_size: int) -> SpatialConfig:
-        overrides = {
-            k: getattr(self, k)
-            for k in ("encoder_width", "encoder_depth", "decoder_width", "decoder_depth", "heads")
-            if getattr(self, k) is not None
-        }
-        return SpatialConfig.from_size(
-            self.size,
-            image_size=image_size,
-            num_tokens=self.num_tokens,
-            codebook_size=self.codebook_size,
-            code_dim=self.code_dim,
-            ema_decay=self.ema_decay,
-            dead_threshold=self.dead_threshold,
-            **overrides,
-        )
 
 
 class SpatialTask:

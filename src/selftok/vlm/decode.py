@@ -11,13 +11,19 @@ from selftok.vlm.scores import DecodeFn
 TOKENIZER_DIR, RENDERER_DIR = Path("models/tokenizer"), Path("models/renderer")
 
 
-def load_renderer(root: Path, device: torch.device | str = "cpu") -> DecodeFn | None:
-    """The renderer's decode function, or None while models/tokenizer or models/renderer is missing."""
-    if not all((root / d / "config.json").is_file() for d in (TOKENIZER_DIR, RENDERER_DIR)):
-        return None
-    from selftok.tokenizer.model import SelftokTokenizer
+def load_renderer(
+    root: Path, device: torch.device | str = "cpu", tokenizer_dir: Path = TOKENIZER_DIR, renderer_dir: Path | None = RENDERER_DIR
+) -> DecodeFn | None:
+    """The renderer's decode function, or None while its model folders are missing.
 
-    tokenizer = SelftokTokenizer.from_pretrained(root / TOKENIZER_DIR, renderer=root / RENDERER_DIR).to(device)
+    ``renderer_dir`` None is a tokenizer that renders with its own decoder (the spatial arm).
+    """
+    folders = [tokenizer_dir] if renderer_dir is None else [tokenizer_dir, renderer_dir]
+    if not all((root / d / "config.json").is_file() for d in folders):
+        return None
+    from selftok.tokenizer.registry import load_tokenizer
+
+    tokenizer = load_tokenizer(root / tokenizer_dir, renderer=None if renderer_dir is None else root / renderer_dir).to(device)
 
     def decode(codes: torch.Tensor) -> torch.Tensor:
         return tokenizer.render(codes.to(device)).cpu()
