@@ -1,6 +1,7 @@
 """The whole pipeline on the smoke profile through the Prefect flow: contract, report, registry, skipping."""
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -17,6 +18,11 @@ CONTRACT = [
     "tokenizer.active_code_fraction", "tokenizer.evaluator_fidelity", "evaluator.scene_accuracy",
     "comprehension.caption_accuracy",
     *[f"generation.{m}.{c}" for m in ("pretrained", "rl") for c in ("overall", *CATEGORIES)],
+]
+# The spatial-token control arm mirrors the arm-level keys (no diffusion decoder, so no psnr_diffusion).
+CONTROL = [
+    *[f"control.spatial.{key}" for key in CONTRACT if not key.startswith(("evaluator.", "tokenizer.psnr_diffusion"))],
+    *[f"control.spatial.rl_gain.{c}" for c in ("overall", *CATEGORIES)],
 ]
 
 
@@ -43,17 +49,20 @@ def test_every_stage_ran_once_then_skipped(smoke) -> None:
 def test_metrics_contract(smoke) -> None:
     project, _, _ = smoke
     metrics = tracking.flatten(json.loads((project / "metrics" / "evaluate.json").read_text()))
-    missing = [key for key in CONTRACT if key not in metrics]
+    missing = [key for key in CONTRACT + CONTROL if key not in metrics]
     assert not missing, missing
-    for key in CONTRACT:
+    for key in CONTRACT + CONTROL:
         value = metrics[key]
         assert isinstance(value, float | int), (key, value)
         if "psnr" in key:
             assert 0 < value < 100, (key, value)
         else:
-            assert 0 <= value <= 1, (key, value)
-    prefix = json.loads((project / "metrics" / "evaluate.json").read_text())["tokenizer"]["prefix_psnr"]
-    assert list(prefix) == ["1", "2", "4", "8", "16"] or list(prefix)[-1] == str(max(map(int, prefix)))
+            assert (-1 if ".rl_gain." in key else 0) <= value <= 1, (key, value)
+    nested = json.loads((project / "metrics" / "evaluate.json").read_text())
+    for arm in (nested, nested["control"]["spatial"]):
+        assert list(arm["tokenizer"]["prefix_psnr"]) == ["1", "2", "4", "8"]  # smoke K = 8
+        entropy = arm["ar_probe"]["entropy_by_position"]
+        assert list(entropy) == [str(i) for i in range(1, 9)] and all(0 <= e <= math.log(64) + 1e-6 for e in entropy.values())
 
 
 def test_report_is_self_contained(smoke) -> None:
@@ -61,10 +70,12 @@ def test_report_is_self_contained(smoke) -> None:
     index = project / "reports" / "index.html"
     text = index.read_text()
     images = sorted((project / "reports" / "images").glob("*.png"))
-    assert {"reconstruction_by_prefix.png", "generation_pretrained.png", "generation_rl.png"} <= {p.name for p in images}
+    assert {"reconstruction_by_prefix.png", "generation_pretrained.png", "generation_rl.png", "reconstruction_by_prefix_spatial.png",
+            "generation_spatial_pretrained.png", "generation_spatial_rl.png"} <= {p.name for p in images}
     for image in images:
         assert f"images/{image.name}" in text
-    assert "Promotion" in text and "Reconstruction by prefix" in text
+    assert "Promotion" in text and "Reconstruction by prefix" in text and "spatial-token control" in text
+    assert "<td>rl_gain.overall</td>" in text
 
 
 def test_runs_nest_and_registry_has_aliases(smoke) -> None:

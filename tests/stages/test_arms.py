@@ -47,5 +47,5 @@ def test_read_spec_resolves_foreach_stages() -> None:
     assert read_spec(ROOT, "rl_finetune@spatial").outs == ["models/vlm_rl_spatial", "checkpoints/rl_spatial"]
     plain = read_spec(ROOT, "evaluate")
     assert (plain.group, plain.item, plain.metrics_file) == ("evaluate", None, "metrics/evaluate.json")
-    with pytest.raises(KeyError, match="known stages: .*tokenize@selftok"):
+    with pytest.raises(KeyError, match=r"known stages: .*tokenize@selftok"):
         read_spec(ROOT, "tokenize")

@@ -20,15 +20,24 @@ class TokenizerEval(StrictModel):
     grid_images: Positive = 8
 
 
-class TokenizerParams(StrictModel):
-    """Architecture (size preset + overrides) and the joint encoder/decoder training recipe."""
+class SizeOverrides(StrictModel):
+    """Widths and depths that override a size preset, shared by the Selftok and spatial tokenizers."""
 
-    size: Literal[tuple(SIZES)] = "T"  # type: ignore[valid-type]
     encoder_width: Positive | None = None  # None: the size preset's value
     encoder_depth: Positive | None = None
     decoder_width: Positive | None = None
     decoder_depth: Positive | None = None
     heads: Positive | None = None
+
+    def overrides(self) -> dict[str, int]:
+        """The fields set here, to apply over the size preset."""
+        return {k: v for k in SizeOverrides.model_fields if (v := getattr(self, k)) is not None}
+
+
+class TokenizerParams(SizeOverrides):
+    """Architecture (size preset + overrides) and the joint encoder/decoder training recipe."""
+
+    size: Literal[tuple(SIZES)] = "T"  # type: ignore[valid-type]
     num_tokens: Positive = 32
     codebook_size: int = Field(1024, ge=2)
     code_dim: int = Field(16, ge=2)
@@ -67,11 +76,6 @@ class TokenizerParams(StrictModel):
         return self
 
     def architecture(self, image_size: int) -> TokenizerConfig:
-        overrides = {
-            k: getattr(self, k)
-            for k in ("encoder_width", "encoder_depth", "decoder_width", "decoder_depth", "heads")
-            if getattr(self, k) is not None
-        }
         return TokenizerConfig.from_size(
             self.size,
             image_size=image_size,
@@ -86,7 +90,7 @@ class TokenizerParams(StrictModel):
             objective=self.objective,
             ema_decay=self.ema_decay,
             dead_threshold=self.dead_threshold,
-            **overrides,
+            **self.overrides(),
         )
 
 

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from selftok.schema import StrictModel
-from selftok.tokenizer.params import Fraction, Positive
+from selftok.tokenizer.params import Fraction, Positive, SizeOverrides
 
 if TYPE_CHECKING:
     from selftok.tokenizer.spatial import SpatialConfig
@@ -23,15 +22,10 @@ SPATIAL_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-class SpatialParams(StrictModel):
+class SpatialParams(SizeOverrides):
     """Architecture (size preset + overrides) and the recipe; defaults follow TokenizerParams."""
 
     size: Literal[tuple(SPATIAL_SIZES)] = "T"  # type: ignore[valid-type]
-    encoder_width: Positive | None = None  # None: the size preset's value
-    encoder_depth: Positive | None = None
-    decoder_width: Positive | None = None
-    decoder_depth: Positive | None = None
-    heads: Positive | None = None
     num_tokens: Positive = 32
     codebook_size: int = Field(1024, ge=2)
     code_dim: int = Field(16, ge=2)
@@ -53,11 +47,6 @@ class SpatialParams(StrictModel):
     def architecture(self, image_size: int) -> SpatialConfig:
         from selftok.tokenizer.spatial import SpatialConfig  # torch-heavy: not needed to validate params
 
-        overrides = {
-            k: getattr(self, k)
-            for k in ("encoder_width", "encoder_depth", "decoder_width", "decoder_depth", "heads")
-            if getattr(self, k) is not None
-        }
         return SpatialConfig.from_size(
             self.size,
             image_size=image_size,
@@ -66,5 +55,5 @@ class SpatialParams(StrictModel):
             code_dim=self.code_dim,
             ema_decay=self.ema_decay,
             dead_threshold=self.dead_threshold,
-            **overrides,
+            **self.overrides(),
         )
