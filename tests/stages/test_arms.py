@@ -27,7 +27,7 @@ def test_dvc_arms_agree_with_the_python_arms() -> None:
     assert list(arms) == list(ARMS)
     for name, arm in ARMS.items():
         entry = arms[name]
-        assert Path(entry["renderer"]) == (arm.renderer or arm.tokenizer)
+        assert Path(entry["renderer"]) == (arm.renderer or arm.tokenizer) and entry["suffix"] == arm.suffix
         for key in ("tokenizer", "codes", "vlm", "vlm_rl", "vlm_checkpoints", "rl_checkpoints"):
             assert Path(entry[key]) == getattr(arm, key), (name, key)
 

@@ -34,6 +34,11 @@ class Arm:
     rl_checkpoints: Path
     registered_vlm: str  # MLflow registered model of this arm's VLMs (promotion is Selftok's only)
 
+    @property
+    def suffix(self) -> str:
+        """Appended to the names of the arm's metrics files and report images; Selftok keeps the plain names."""
+        return "" if self.name == "selftok" else f"_{self.name}"
+
     def model_folders(self) -> tuple[Path, ...]:
         return (self.tokenizer,) if self.renderer is None else (self.tokenizer, self.renderer)
 

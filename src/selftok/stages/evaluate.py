@@ -98,14 +98,13 @@ def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: Image
     """Reconstruction by prefix, GenEval-style generation of the pretrained and RL models, RL gain
     per category, caption accuracy and next-token entropy by position; images go to the report."""
     params, sampling, seed = ctx.params.evaluate, ctx.params.vlm.sampling, ctx.params.seed
-    tag = "" if arm is SELFTOK else f"_{arm.name}"
     images_dir = ctx.path(IMAGES)
     tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)
     with_diffusion = isinstance(tokenizer, SelftokTokenizer)  # the spatial decoder is its renderer
     table, recon = reconstruction_table(tokenizer, evaluator, val.images, params.decode_steps, seed, with_diffusion=with_diffusion)
     k_all = tokenizer.config.num_tokens
     strip = torch.cat([val.images[:8]] + [to_uint8(recon[f"renderer/{k}"][:8]) for k in sorted({r["k"] for r in table})])
-    image_grid(strip, columns=8, scale=3).save(images_dir / f"reconstruction_by_prefix{tag}.png")
+    image_grid(strip, columns=8, scale=3).save(images_dir / f"reconstruction_by_prefix{arm.suffix}.png")
 
     decode = arm.decode_fn(ctx.root)
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
@@ -117,7 +116,7 @@ def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: Image
         gen[name]["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), sampling.samples_per_prompt)
         n = sampling.samples_per_prompt
         picks = torch.cat([images[i * n : (i + 1) * n] for i in range(0, len(records), max(1, len(records) // 12))][:12])
-        image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation{tag}_{name}.png")
+        image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation{arm.suffix}_{name}.png")
         entropy[name] = entropy_by_position(vlm, codes.captions, codes.codes)
     n_caption = min(ctx.params.vlm.eval.caption_samples, len(codes))
     captions, _ = comprehension(vlms["pretrained"].lm, vlms["pretrained"].tokenizer, codes.codes[:n_caption],
