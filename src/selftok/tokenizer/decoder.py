@@ -46,9 +46,10 @@ class MMDiT(nn.Module):
         self.time_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(256, width)
         self.token_in = nn.Linear(config.code_dim, width)
+        self.token_scale = config.code_dim**0.5  # unit code vectors -> unit-variance entries, on par with token_pos
         token_pos = get_1d_sincos_pos_embed_from_grid(width, torch.arange(k, dtype=torch.float64))
         self.register_buffer("token_pos", token_pos[None].float(), persistent=False)
-        self.token_index = nn.Parameter(torch.randn(k, width) * 0.02)  # per-position AdaLN condition
+        self.token_index = nn.Parameter(torch.randn(k, width))  # per-position AdaLN condition, on par with time
         depth = config.decoder_depth
         self.image_streams = nn.ModuleList(Stream(width, config.heads, config.mlp_ratio) for _ in range(depth))
         self.token_streams = nn.ModuleList(
@@ -70,7 +71,7 @@ class MMDiT(nn.Module):
         b = tokens.shape[0]
         img = self.image_tokens(x, b)
         time = self.time_embed(self.time_proj(t * TIME_SCALE).to(img.dtype))[:, None]  # [B, 1, W]
-        tok = self.token_in(tokens * visible[..., None].to(tokens.dtype)) + self.token_pos
+        tok = self.token_in(tokens * (self.token_scale * visible[..., None].to(tokens.dtype))) + self.token_pos
         tok_cond = time + self.token_index
         keys = torch.cat([torch.ones(b, self.num_patches, dtype=torch.bool, device=visible.device), visible], dim=1)
         mask = keys[:, None, None, :]  # [B, 1, 1, N + K]: hidden tokens are no keys

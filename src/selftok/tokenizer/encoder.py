@@ -27,8 +27,10 @@ class Encoder(nn.Module):
         self.num_patches = grid * grid
         self.embed = nn.Linear(channels * p * p, width)
         self.register_buffer("pos", get_2d_sincos_pos_embed(width, grid, base_size=grid)[None].float(), persistent=False)
-        self.queries = nn.Parameter(torch.randn(1, k, width) * 0.02)
-        self.query_index = nn.Parameter(torch.randn(k, width) * 0.02)  # per-position AdaLN condition
+        # Unit-scale queries and index embeddings: at 0.02 every query read the same average of
+        # the patches and all K outputs collapsed onto one vector (cosine 0.999 between positions).
+        self.queries = nn.Parameter(torch.randn(1, k, width))
+        self.query_index = nn.Parameter(torch.randn(k, width))  # per-position AdaLN condition
         self.patch_cond = nn.Parameter(torch.zeros(1, width))  # one shared condition for all patches
         self.blocks = nn.ModuleList(Stream(width, config.heads, config.mlp_ratio) for _ in range(config.encoder_depth))
         self.norm = nn.LayerNorm(width)

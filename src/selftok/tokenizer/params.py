@@ -49,6 +49,7 @@ class TokenizerParams(SizeOverrides):
     objective: Literal["velocity", "x0"] = "velocity"
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
+    code_norm: Literal["batch", "none"] = "batch"  # see selftok.tokenizer.quantizer.Quantizer.project
 
     steps: Positive = 2000
     batch_size: Positive = 64
@@ -90,6 +91,7 @@ class TokenizerParams(SizeOverrides):
             objective=self.objective,
             ema_decay=self.ema_decay,
             dead_threshold=self.dead_threshold,
+            code_norm=self.code_norm,
             **self.overrides(),
         )
 

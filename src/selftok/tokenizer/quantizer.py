@@ -37,6 +37,33 @@ def broadcast(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class CodeNorm(nn.Module):
+    """Per-feature standardisation (batch norm without affine) on [N, F].
+
+    Training steps normalise with the batch's statistics and update the running statistics from
+    moments averaged over processes (so data-parallel ranks keep identical buffers); encoding
+    uses the running statistics, so a code never depends on the rest of the batch.
+    """
+
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def forward(self, x: torch.Tensor, batch_stats: bool) -> torch.Tensor:
+        if batch_stats:
+            mean, var = x.mean(0), x.var(0, unbiased=False)
+            with torch.no_grad():
+                world = dist.get_world_size() if _distributed() else 1
+                moments = all_reduce_sum(torch.stack([mean, var + mean.square()])) / world
+                self.running_mean.lerp_(moments[0], self.momentum)
+                self.running_var.lerp_(moments[1] - moments[0].square(), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+
 @dataclass
 class Quantized:
     z: torch.Tensor  # [B, K, d] normalised encoder vectors (before quantisation)
@@ -52,6 +79,8 @@ class Quantizer(nn.Module):
         self.decay = config.ema_decay
         self.dead_threshold = config.dead_threshold
         self.proj = nn.Linear(width, dim)
+        # Per (position, dim) statistics; no affine: the sphere projection follows anyway.
+        self.norm = CodeNorm(config.num_tokens * dim) if config.code_norm == "batch" else None
         self.register_buffer("codebook", F.normalize(torch.randn(size, dim), dim=-1))
         self.register_buffer("ema_count", torch.zeros(size))
         self.register_buffer("ema_sum", torch.zeros(size, dim))
@@ -61,8 +90,19 @@ class Quantizer(nn.Module):
     def size(self) -> int:
         return self.codebook.shape[0]
 
-    def project(self, h: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(h), dim=-1)
+    def project(self, h: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+        """Encoder states [B, K, width] -> unit vectors [B, K, d].
+
+        At initialisation the encoder gives almost the same vector for every image, so the
+        decoder learns to ignore the tokens and the two stay stuck at a blurred mean image for
+        hundreds of steps (docs/tokenizer_ablation.md). Batch-normalising each position's
+        projection removes the image-independent part and spreads codes over the sphere from
+        the first step. ``batch_stats`` is for training steps only (see CodeNorm).
+        """
+        p = self.proj(h)
+        if self.norm is not None:
+            p = self.norm(p.flatten(1), batch_stats).view_as(p)
+        return F.normalize(p, dim=-1)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         return (z @ self.codebook.T).argmax(dim=-1)
@@ -71,7 +111,7 @@ class Quantizer(nn.Module):
         return self.codebook[codes]
 
     def forward(self, h: torch.Tensor) -> Quantized:
-        z = self.project(h)
+        z = self.project(h, batch_stats=self.training)
         codes = self.nearest(z.detach())
         q = self.lookup(codes)
         return Quantized(z=z, codes=codes, quantized=z + (q - z).detach(), commitment=F.mse_loss(z, q))

@@ -116,9 +116,10 @@ class SpatialConfig:
         return cell_grid(self.num_tokens, self.image_size)
 
     def quantizer_config(self) -> TokenizerConfig:
-        """The shared Quantizer reads only these four fields of a TokenizerConfig."""
+        """The shared Quantizer (code normalisation included, as for Selftok) reads only these fields."""
         return TokenizerConfig(
-            codebook_size=self.codebook_size, code_dim=self.code_dim, ema_decay=self.ema_decay, dead_threshold=self.dead_threshold
+            num_tokens=self.num_tokens, codebook_size=self.codebook_size, code_dim=self.code_dim,
+            ema_decay=self.ema_decay, dead_threshold=self.dead_threshold,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ class SpatialTask:
         x = to_unit(self.images[index]).to(self.device)
         if not bool(model.quantizer.initialized):
             with torch.no_grad():
-                z = model.quantizer.project(model.encoder(x))
+                z = model.quantizer.project(model.encoder(x), batch_stats=True)
             model.quantizer.initialize(z, generator=generator)
         limit = sample_limits(len(index), model.config.num_tokens, p.prefix_dropout, 0.0, generator)
         out: SpatialStep = wrapped(x, limit.to(self.device))

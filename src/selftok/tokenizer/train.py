@@ -194,7 +194,7 @@ class TokenizerTask:
         b = x.shape[0]
         if not bool(model.quantizer.initialized):
             with torch.no_grad():
-                z = model.quantizer.project(model.encoder(model.space.encode(x)))
+                z = model.quantizer.project(model.encoder(model.space.encode(x)), batch_stats=True)
             model.quantizer.initialize(z, generator=generator)
         t = torch.rand(b, generator=generator)
         pure = torch.rand(b, generator=generator) < p.pure_noise_fraction
