@@ -26,8 +26,25 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
+class JsonConfig:
+    """to_dict/from_dict for the frozen dataclass configs saved as config.json (unknown keys fail)."""
+
+    label = "tokenizer"  # names the config in errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.label} config keys {sorted(unknown)}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(JsonConfig):
     """Everything needed to rebuild the networks; training-only knobs live in params instead."""
 
     image_size: int = 32
@@ -57,17 +74,6 @@ class TokenizerConfig:
         if size not in SIZES:
             raise KeyError(f"unknown tokenizer size {size!r}; known: {', '.join(SIZES)}")
         return cls(**{**SIZES[size], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown tokenizer config keys {sorted(unknown)}")
-        return cls(**data)
 
     def save(self, path: Path, **extra: Any) -> None:
         path.write_text(json.dumps({**self.to_dict(), **extra}, indent=2, sort_keys=True) + "\n")

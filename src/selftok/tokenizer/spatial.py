@@ -15,7 +15,6 @@ two tokenizers compare like with like.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from selftok.data.dataset import to_uint8, to_unit
-from selftok.tokenizer.arch import TokenizerConfig
+from selftok.tokenizer.arch import JsonConfig, TokenizerConfig
 from selftok.tokenizer.layers import FinalLayer, Stream, attention, init_weights
 from selftok.tokenizer.quantizer import Quantizer
 from selftok.tokenizer.spatial_params import SPATIAL_SIZES
@@ -86,8 +85,10 @@ def from_cells(x: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class SpatialConfig:
+class SpatialConfig(JsonConfig):
     """Everything needed to rebuild the networks (saved as config.json); training knobs live in params."""
+
+    label = "spatial tokenizer"
 
     image_size: int = 32
     num_tokens: int = 32
@@ -122,16 +123,6 @@ class SpatialConfig:
             ema_decay=self.ema_decay, dead_threshold=self.dead_threshold,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpatialConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown spatial tokenizer config keys {sorted(unknown)}")
-        return cls(**data)
 
 
 def _pos_embed(width: int, grid: Grid) -> torch.Tensor:

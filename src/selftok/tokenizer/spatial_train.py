@@ -67,17 +67,6 @@ def train_spatial(
     """Train ``model`` on uint8 images [N, 3, H, W] to ``params.steps``, resuming from ``checkpoints``."""
     accelerator = accelerator or make_accelerator()
     task = SpatialTask(model.to(accelerator.device), images, params, accelerator.device)
-    loop = LoopConfig(
-        params.steps,
-        params.batch_size,
-        params.lr_decay,
-        params.warmup_steps,
-        params.grad_clip,
-        params.checkpoint_every,
-        params.log_every,
-        params.eval_every,
-        seed,
-    )
-    result = run_loop(task, len(images), params.lr, loop, checkpoints, accelerator, callbacks)
+    result = run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
     model.eval()
     return result

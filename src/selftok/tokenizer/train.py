@@ -8,6 +8,7 @@ statistics and dead-code resets are reduced across ranks inside the quantiser.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -50,6 +51,12 @@ class LoopConfig:
     log_every: int
     eval_every: int
     seed: int
+
+    @classmethod
+    def from_params(cls, params: Any, seed: int) -> LoopConfig:
+        """The loop fields of any training params section (tokenizer, renderer, spatial) by name."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "seed"]
+        return cls(**{name: getattr(params, name) for name in names}, seed=seed)
 
 
 @dataclass
@@ -232,11 +239,7 @@ def train_tokenizer(
 ) -> TrainResult:
     accelerator = accelerator or make_accelerator()
     task = TokenizerTask(model.to(accelerator.device), images, params, accelerator.device)
-    loop = LoopConfig(
-        params.steps, params.batch_size, params.lr_decay, params.warmup_steps, params.grad_clip,
-        params.checkpoint_every, params.log_every, params.eval_every, seed,
-    )
-    return run_loop(task, len(images), params.lr, loop, checkpoints, accelerator, callbacks)
+    return run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
 
 
 class RenderObjective(nn.Module):
@@ -301,10 +304,6 @@ def train_renderer(
     model.renderer.requires_grad_(True)
     objective = RenderObjective(model.renderer, model.space)
     task = RendererTask(objective, codes, model.quantizer.codebook, images, params, accelerator.device)
-    loop = LoopConfig(
-        params.steps, params.batch_size, params.lr_decay, params.warmup_steps, params.grad_clip,
-        params.checkpoint_every, params.log_every, params.eval_every, seed,
-    )
-    result = run_loop(task, len(images), params.lr, loop, checkpoints, accelerator, callbacks)
+    result = run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
     model.renderer.eval()
     return result
