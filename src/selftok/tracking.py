@@ -82,7 +82,12 @@ def device_tags() -> dict[str, str]:
     return tags
 
 
-def provenance_tags(root: Path, stage: str, params_digest: str, inputs: Mapping[str, Path]) -> dict[str, str]:
+def input_hashes(inputs: Mapping[str, Path]) -> dict[str, str]:
+    """sha256 prefix of every input path (``missing`` for one that does not exist)."""
+    return {name: file_hash(path) if path.exists() else "missing" for name, path in inputs.items()}
+
+
+def provenance_tags(root: Path, stage: str, params_digest: str, hashes: Mapping[str, str]) -> dict[str, str]:
     commit = _git(root, "rev-parse", "HEAD")
     dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no")) if commit else False
     tags = {
@@ -92,8 +97,8 @@ def provenance_tags(root: Path, stage: str, params_digest: str, inputs: Mapping[
         "params.hash": params_digest,
         **device_tags(),
     }
-    for name, path in inputs.items():
-        tags[f"input.{name}.sha256"] = file_hash(path) if path.exists() else "missing"
+    for name, digest in hashes.items():
+        tags[f"input.{name}.sha256"] = digest
     return tags
 
 
@@ -116,7 +121,7 @@ def stage_run(
     stage: str,
     params: Mapping[str, Any],
     params_digest: str,
-    inputs: Mapping[str, Path],
+    hashes: Mapping[str, str],
     system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run for one stage, nested under the pipeline run when there is one."""
@@ -126,7 +131,7 @@ def stage_run(
         run_name=stage,
         parent_run_id=parent or None,
         nested=bool(parent),
-        tags=provenance_tags(root, stage, params_digest, inputs),
+        tags=provenance_tags(root, stage, params_digest, hashes),
         log_system_metrics=system_metrics,
     ) as run:
         flat = {k: (str(v) if not isinstance(v, (int, float, str, bool)) else v) for k, v in flatten(params).items()}

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from selftok import tracking
 from selftok.config import PARAMS_FILE, Params, load_params, params_hash
 
 log = logging.getLogger("selftok.stage")
+
+CHECKPOINTS_DIR = "checkpoints/"  # persisted outs under here are resume state (see guard_checkpoints)
+INPUTS_RECORD = "inputs.json"
 
 Metrics = dict[str, Any]
 
@@ -44,6 +48,7 @@ class StageSpec:
     deps: list[str]
     outs: list[str]
     metrics: list[str] = field(default_factory=list)
+    persisted: list[str] = field(default_factory=list)  # outs DVC keeps between runs (persist: true)
 
     @property
     def group(self) -> str:
@@ -93,7 +98,34 @@ def read_spec(root: Path, name: str) -> StageSpec:
     def paths(items: list[Any]) -> list[str]:  # unique, in order (an arm may name one folder twice)
         return list(dict.fromkeys(item if isinstance(item, str) else next(iter(item)) for item in items))
 
-    return StageSpec(name, keys, paths(raw.get("deps", [])), paths(raw.get("outs", [])), paths(raw.get("metrics", [])))
+    persisted = [path for item in raw.get("outs", []) if isinstance(item, dict) for path, opts in item.items() if (opts or {}).get("persist")]
+    return StageSpec(
+        name, keys, paths(raw.get("deps", [])), paths(raw.get("outs", [])), paths(raw.get("metrics", [])), persisted
+    )
+
+
+def guard_checkpoints(root: Path, spec: StageSpec, fingerprint: Mapping[str, Any]) -> None:
+    """Resume state is valid only for the inputs that made it.
+
+    A persisted ``checkpoints/`` folder records the params hash and input hashes of its run. When
+    they differ (new recipe, new upstream model or data), resuming would silently continue the
+    old run (a new pretrained VLM would be ignored by RL), so the folder is moved to
+    ``FOLDER.stale`` (replacing an older one) and the stage starts fresh; an interrupted run with
+    the same inputs resumes.
+    """
+    for out in spec.persisted:
+        if not out.startswith(CHECKPOINTS_DIR):
+            continue
+        folder, record = root / out, root / out / INPUTS_RECORD
+        if folder.is_dir() and any(folder.iterdir()):
+            recorded = json.loads(record.read_text()) if record.is_file() else None
+            if recorded != fingerprint:
+                stale = folder.with_name(folder.name + ".stale")
+                shutil.rmtree(stale, ignore_errors=True)
+                folder.rename(stale)
+                log.warning("stage %s: %s was made from other inputs; moved to %s, starting fresh", spec.name, out, stale.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
 
 def select(data: Mapping[str, Any], dotted: str) -> Any:
@@ -153,13 +185,15 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     fn = stage_function(spec.group)
     plain = params.model_dump(mode="json", by_alias=True)
     used = {key: select(plain, key) for key in spec.params}
-    inputs = {dep: root / dep for dep in spec.deps if not dep.startswith("src/")}
     ctx = StageContext(name=name, root=root, params=params, spec=spec)
     if os.environ.get("RANK", "0") != "0":  # accelerate/torchrun worker: rank 0 alone tracks and writes
         ctx.tracked = False
         return fn(ctx)
+    digest = params_hash(used)
+    hashes = tracking.input_hashes({dep: root / dep for dep in spec.deps if not dep.startswith("src/")})
+    guard_checkpoints(root, spec, {"params": digest, "inputs": hashes})
     system_metrics = name.startswith(("train", "pretrain", "rl"))
-    with tracking.stage_run(root, params.tracking.experiment, name, used, params_hash(used), inputs, system_metrics) as run:
+    with tracking.stage_run(root, params.tracking.experiment, name, used, digest, hashes, system_metrics) as run:
         ctx.run_id = run.info.run_id
         log.info("stage %s: started (MLflow run %s)", name, ctx.run_id)
         metrics = fn(ctx)
