@@ -158,6 +158,11 @@ class Quantizer(nn.Module):
         self.codebook.copy_(F.normalize(self.ema_sum, dim=-1))
         return self._reset_dead(flat, float(counts.sum()), generator)
 
+    def ema_step(self, z: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+        """``update`` after an optimiser step, returning the codebook statistics a training loop logs."""
+        resets = self.update(z, codes, generator)
+        return {"code_resets": float(resets), "alive_code_fraction": self.alive_fraction()}
+
     def _reset_dead(self, flat: torch.Tensor, batch_total: float, generator: torch.Generator | None) -> int:
         uniform = batch_total / self.size
         dead = self.ema_count < self.dead_threshold * uniform

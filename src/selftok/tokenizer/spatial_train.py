@@ -46,12 +46,10 @@ class SpatialTask:
         return out.loss.mean() + p.commitment_weight * out.commitment, out
 
     def after_step(self, aux: SpatialStep, generator: torch.Generator) -> dict[str, float]:
-        resets = self.module.quantizer.update(aux.z, aux.codes, generator)
         return {
             "pixel_mse": float(aux.loss.detach().mean()),
             "commitment": float(aux.commitment.detach()),
-            "code_resets": float(resets),
-            "alive_code_fraction": self.module.quantizer.alive_fraction(),
+            **self.module.quantizer.ema_step(aux.z, aux.codes, generator),
         }
 
 

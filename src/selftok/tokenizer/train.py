@@ -216,12 +216,10 @@ class TokenizerTask:
         return loss, out
 
     def after_step(self, aux: StepOutput, generator: torch.Generator) -> dict[str, float]:
-        resets = self.module.quantizer.update(aux.z, aux.codes, generator)
         logs = {
             "decoder_mse": float(aux.loss.detach().mean()),
             "commitment": float(aux.commitment.detach()),
-            "code_resets": float(resets),
-            "alive_code_fraction": self.module.quantizer.alive_fraction(),
+            **self.module.quantizer.ema_step(aux.z, aux.codes, generator),
         }
         if aux.entropy is not None:
             logs["entropy"] = float(aux.entropy.detach())
