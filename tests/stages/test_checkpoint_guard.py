@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selftok.stages.base import INPUTS_RECORD, StageSpec, guard_checkpoints, read_spec
+from selftok.stages.base import INPUTS_RECORD, StageSpec, guard_checkpoints, read_spec, resume_fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = StageSpec("rl_finetune@selftok", [], [], ["models/vlm_rl", "checkpoints/rl"], persisted=["checkpoints/rl", "data/codes"])
@@ -44,3 +44,13 @@ def test_unrecorded_checkpoints_are_set_aside_and_other_persisted_outs_untouched
 def test_read_spec_lists_the_persisted_outs() -> None:
     assert read_spec(ROOT, "rl_finetune@spatial").persisted == ["checkpoints/rl_spatial"]
     assert read_spec(ROOT, "tokenize@selftok").persisted == ["data/codes"]
+
+
+def test_fingerprint_ignores_evaluation_knobs_but_not_training_ones() -> None:
+    base = {"vlm": {"lr": 1e-3, "eval": {"sample_prompts": 8}, "log_every": 25}, "vlm.sampling": {"cfg_scale": 3.0}}
+    same = resume_fingerprint(base, {"data/codes": "1"})
+    assert resume_fingerprint({**base, "vlm": {**base["vlm"], "eval": {"sample_prompts": 2}, "log_every": 5}}, {"data/codes": "1"}) == same
+    assert resume_fingerprint({**base, "vlm": {**base["vlm"], "lr": 2e-3}}, {"data/codes": "1"}) != same
+    # a declared top-level key is a training input (RL samples with vlm.sampling)
+    assert resume_fingerprint({**base, "vlm.sampling": {"cfg_scale": 1.0}}, {"data/codes": "1"}) != same
+    assert resume_fingerprint(base, {"data/codes": "2"}) != same

@@ -7,10 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from vlm_fixtures import C, K
 
+from selftok import tracking
 from selftok.config import load_params
-from selftok.stages.arms import SELFTOK
-from selftok.stages.base import StageContext, read_spec, run_stage
-from selftok.stages.pretrain_vlm import fresh_checkpoints
+from selftok.stages.base import guard_checkpoints, input_paths, read_spec, resume_fingerprint, run_stage, used_params
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.synthetic import write_synthetic_codes
 
@@ -27,9 +26,19 @@ def test_pretrain_vlm_stage_on_synthetic_codes(project: Path) -> None:
     assert (project / "checkpoints" / "vlm" / "step_0000030" / "state.json").is_file()
     vlm = SelftokVLM.from_pretrained(project / "models" / "vlm")
     assert vlm.generate(["a photo of a red circle"], 2).shape == (2, K)
-    ctx = StageContext("pretrain_vlm@selftok", project, load_params(project / "params.yaml"), read_spec(project, "pretrain_vlm@selftok"))
-    fresh_checkpoints(ctx, SELFTOK)  # same recipe and codes: the checkpoint is kept for resuming
+    spec = read_spec(project, "pretrain_vlm@selftok")
+
+    def guard() -> None:  # what the stage contract does before the stage runs
+        used = used_params(spec, load_params(project / "params.yaml"))
+        guard_checkpoints(project, spec, resume_fingerprint(used, tracking.input_hashes(input_paths(project, spec))))
+
+    guard()  # same recipe and codes: the checkpoint is kept for resuming
     assert (project / "checkpoints" / "vlm" / "step_0000030" / "state.json").is_file()
-    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("lr: 0.001", "lr: 0.002"))
-    fresh_checkpoints(StageContext(ctx.name, project, load_params(project / "params.yaml"), ctx.spec), SELFTOK)
+    text = (project / "params.yaml").read_text()
+    assert "sample_prompts: 4" in text and "lr: 0.001" in text
+    (project / "params.yaml").write_text(text.replace("sample_prompts: 4", "sample_prompts: 2"))
+    guard()  # an evaluation-only change keeps it too
+    assert (project / "checkpoints" / "vlm" / "step_0000030" / "state.json").is_file()
+    (project / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 0.002"))
+    guard()
     assert not list((project / "checkpoints" / "vlm").glob("step_*"))  # another recipe starts over

@@ -16,7 +16,7 @@ import torch
 
 from selftok.stages.base import StageContext
 from selftok.tokenizer.registry import AnyTokenizer, load_tokenizer
-from selftok.vlm.decode import load_renderer
+from selftok.vlm.decode import render_fn
 from selftok.vlm.scores import DecodeFn
 
 
@@ -53,7 +53,9 @@ class Arm:
 
     def decode_fn(self, root: Path, device: torch.device | str = "cpu") -> DecodeFn | None:
         """Codes -> images with the arm's renderer, or None while its models are missing."""
-        return load_renderer(root, device, self.tokenizer, self.renderer)
+        if not all((root / folder / "config.json").is_file() for folder in self.model_folders()):
+            return None
+        return render_fn(self.load_tokenizer(root, with_renderer=True), device)
 
 
 SELFTOK = Arm(

@@ -31,6 +31,9 @@ log = logging.getLogger("selftok.stage")
 
 CHECKPOINTS_DIR = "checkpoints/"  # persisted outs under here are resume state (see guard_checkpoints)
 INPUTS_RECORD = "inputs.json"
+# Nested params keys that steer only logging and evaluation: changing them reruns a stage, which
+# then resumes its finished checkpoint and re-evaluates instead of training again.
+NON_TRAINING_KEYS = frozenset({"eval", "sampling", "log_every", "eval_every", "checkpoint_every"})
 
 Metrics = dict[str, Any]
 
@@ -104,11 +107,32 @@ def read_spec(root: Path, name: str) -> StageSpec:
     )
 
 
+def used_params(spec: StageSpec, params: Params) -> dict[str, Any]:
+    """The values of the params keys the stage declares in dvc.yaml."""
+    plain = params.model_dump(mode="json", by_alias=True)
+    return {key: select(plain, key) for key in spec.params}
+
+
+def input_paths(root: Path, spec: StageSpec) -> dict[str, Path]:
+    """The stage's data and model deps (its source files are tracked by git and DVC instead)."""
+    return {dep: root / dep for dep in spec.deps if not dep.startswith("src/")}
+
+
+def resume_fingerprint(used: Mapping[str, Any], hashes: Mapping[str, str]) -> dict[str, Any]:
+    """What a checkpoint folder must have been made from to be resumed: the training params
+    (declared keys minus NON_TRAINING_KEYS below the top level) and the input hashes."""
+
+    def training(node: Any) -> Any:
+        return {k: training(v) for k, v in node.items() if k not in NON_TRAINING_KEYS} if isinstance(node, dict) else node
+
+    return {"params": params_hash({key: training(value) for key, value in used.items()}), "inputs": dict(hashes)}
+
+
 def guard_checkpoints(root: Path, spec: StageSpec, fingerprint: Mapping[str, Any]) -> None:
     """Resume state is valid only for the inputs that made it.
 
-    A persisted ``checkpoints/`` folder records the params hash and input hashes of its run. When
-    they differ (new recipe, new upstream model or data), resuming would silently continue the
+    A persisted ``checkpoints/`` folder records the ``resume_fingerprint`` of its run. When it
+    differs (new recipe, new upstream model or data), resuming would silently continue the
     old run (a new pretrained VLM would be ignored by RL), so the folder is moved to
     ``FOLDER.stale`` (replacing an older one) and the stage starts fresh; an interrupted run with
     the same inputs resumes.
@@ -183,17 +207,15 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     params = load_params(root / params_file)  # fails before any work if params are invalid
     spec = read_spec(root, name)
     fn = stage_function(spec.group)
-    plain = params.model_dump(mode="json", by_alias=True)
-    used = {key: select(plain, key) for key in spec.params}
+    used = used_params(spec, params)
     ctx = StageContext(name=name, root=root, params=params, spec=spec)
     if os.environ.get("RANK", "0") != "0":  # accelerate/torchrun worker: rank 0 alone tracks and writes
         ctx.tracked = False
         return fn(ctx)
-    digest = params_hash(used)
-    hashes = tracking.input_hashes({dep: root / dep for dep in spec.deps if not dep.startswith("src/")})
-    guard_checkpoints(root, spec, {"params": digest, "inputs": hashes})
+    hashes = tracking.input_hashes(input_paths(root, spec))
+    guard_checkpoints(root, spec, resume_fingerprint(used, hashes))
     system_metrics = name.startswith(("train", "pretrain", "rl"))
-    with tracking.stage_run(root, params.tracking.experiment, name, used, digest, hashes, system_metrics) as run:
+    with tracking.stage_run(root, params.tracking.experiment, name, used, params_hash(used), hashes, system_metrics) as run:
         ctx.run_id = run.info.run_id
         log.info("stage %s: started (MLflow run %s)", name, ctx.run_id)
         metrics = fn(ctx)

@@ -38,6 +38,7 @@ from selftok.stages.train_tokenizer import write_csv
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.quantizer import code_usage
 from selftok.viz import image_grid
+from selftok.vlm.decode import render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import comprehension, generation
 
@@ -106,7 +107,7 @@ def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: Image
     strip = torch.cat([val.images[:8]] + [to_uint8(recon[f"renderer/{k}"][:8]) for k in sorted({r["k"] for r in table})])
     image_grid(strip, columns=8, scale=3).save(images_dir / f"reconstruction_by_prefix{arm.suffix}.png")
 
-    decode = arm.decode_fn(ctx.root)
+    decode = render_fn(tokenizer)  # the tokenizer loaded above, with its renderer
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)

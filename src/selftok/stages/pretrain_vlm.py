@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import mlflow
 import torch
 
 from selftok import tracking
-from selftok.config import params_hash
 from selftok.data.codes import CodeSet, load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
@@ -90,34 +88,12 @@ def heldout_records(ctx: StageContext) -> list[dict[str, Any]]:
     return per_category(prompt_sets(ctx.params)["heldout"], ctx.params.vlm.eval.geneval_prompts_per_category)
 
 
-def fresh_checkpoints(ctx: StageContext, arm: Arm) -> None:
-    """Resume only a run of the same recipe on the same codes: anything else starts over.
-
-    The arm's checkpoints (checkpoints/vlm for Selftok) persist across DVC runs, so after a change of data or params the old
-    checkpoint must not be continued as if nothing had happened."""
-    p = ctx.params.vlm
-    recipe = p.model_dump(mode="json", exclude={"sampling", "eval", "log_every", "eval_every", "checkpoint_every"})
-    digest = params_hash({
-        "seed": ctx.params.seed,
-        "vlm": recipe,
-        "codes": [tracking.file_hash(ctx.path(arm.codes / name)) for name in ("manifest.parquet", "info.json")],
-    })
-    folder = ctx.path(arm.vlm_checkpoints)
-    stamp = folder / "recipe.json"
-    if folder.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("digest") != digest):
-        log.warning("%s: checkpoints of another recipe or other codes; starting over", folder)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"digest": digest}) + "\n")
-
-
 def run(ctx: StageContext) -> Metrics:
     params: VLMParams = ctx.params.vlm
     seed, arm = ctx.params.seed, stage_arm(ctx)
     train, val = load_codes(ctx.root, "train", folder=arm.codes), load_codes(ctx.root, "val", folder=arm.codes)
     accelerator = make_accelerator()
-    if accelerator.is_main_process:
-        fresh_checkpoints(ctx, arm)
+    if accelerator.is_main_process:  # stale checkpoints were already set aside by the stage contract
         vocabulary(ctx.root, train, params, arm)
     accelerator.wait_for_everyone()
     tokenizer = vocabulary(ctx.root, train, params, arm)

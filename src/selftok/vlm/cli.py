@@ -42,8 +42,8 @@ def generate(
 ) -> None:
     """Sample N images for a prompt with the pretrained VLM and save them as a grid."""
     from selftok.data.dataset import to_uint8
+    from selftok.stages.arms import SELFTOK
     from selftok.viz import image_grid
-    from selftok.vlm.decode import load_renderer
     from selftok.vlm.model import SelftokVLM
 
     try:
@@ -51,7 +51,7 @@ def generate(
     except ConfigError as error:
         _fail(str(error))
     overrides = {k: v for k, v in {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k, "min_p": min_p, "seed": seed}.items() if v is not None}
-    decode = load_renderer(root)
+    decode = SELFTOK.decode_fn(root)
     if decode is None:
         _fail(f"{root / 'models'}: no tokenizer + renderer to turn codes into images; run `dvc repro train_renderer`")
     try:
@@ -75,15 +75,15 @@ def caption(
     from PIL import Image
 
     from selftok.data.dataset import to_unit
+    from selftok.stages.arms import SELFTOK
     from selftok.tokenizer.model import SelftokTokenizer
-    from selftok.vlm.decode import TOKENIZER_DIR
     from selftok.vlm.model import SelftokVLM
 
     if not image.is_file():
         _fail(f"{image}: no such image")
     size = load_params(root / params).data.image_size
     try:
-        tokenizer = SelftokTokenizer.from_pretrained(root / TOKENIZER_DIR)
+        tokenizer = SelftokTokenizer.from_pretrained(root / SELFTOK.tokenizer)
         vlm = SelftokVLM.from_pretrained(root / MODEL_DIR)
     except FileNotFoundError as error:
         _fail(str(error))

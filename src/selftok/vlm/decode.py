@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import torch
 
 from selftok.vlm.scores import DecodeFn
 
-TOKENIZER_DIR, RENDERER_DIR = Path("models/tokenizer"), Path("models/renderer")
 
-
-def load_renderer(
-    root: Path, device: torch.device | str = "cpu", tokenizer_dir: Path = TOKENIZER_DIR, renderer_dir: Path | None = RENDERER_DIR
-) -> DecodeFn | None:
-    """The renderer's decode function, or None while its model folders are missing.
-
-    ``renderer_dir`` None is a tokenizer that renders with its own decoder (the spatial arm).
-    """
-    folders = [tokenizer_dir] if renderer_dir is None else [tokenizer_dir, renderer_dir]
-    if not all((root / d / "config.json").is_file() for d in folders):
-        return None
-    from selftok.tokenizer.registry import load_tokenizer
-
-    tokenizer = load_tokenizer(root / tokenizer_dir, renderer=None if renderer_dir is None else root / renderer_dir).to(device)
+def render_fn(tokenizer: Any, device: torch.device | str = "cpu") -> DecodeFn:
+    """Decode function of a loaded tokenizer (Selftok with its renderer, or spatial): codes go to
+    ``device``, images come back on the CPU."""
+    tokenizer = tokenizer.to(device)
 
     def decode(codes: torch.Tensor) -> torch.Tensor:
         return tokenizer.render(codes.to(device)).cpu()
