@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = [
     "tokenizer.psnr_diffusion", "tokenizer.psnr_renderer", "tokenizer.ssim_renderer", "tokenizer.psnr_no_tokens",
-    "tokenizer.active_code_fraction", "tokenizer.evaluator_fidelity", "evaluator.scene_accuracy",
+    "tokenizer.active_code_fraction", "tokenizer.evaluator_fidelity", "tokenizer.shape_agreement", "evaluator.scene_accuracy",
     "comprehension.caption_accuracy",
     *[f"generation.{m}.{c}" for m in ("pretrained", "rl") for c in ("overall", *CATEGORIES)],
 ]

@@ -1,9 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 from scene_fixtures import OracleEvaluator, scene_set
 
 from selftok.eval.evaluator import EvaluatorConfig, SceneEvaluator, objects_from_metadata
-from selftok.eval.fidelity import evaluator_fidelity, frechet_distance, frechet_evaluator_distance
+from selftok.eval.fidelity import evaluator_fidelity, frechet_distance, frechet_evaluator_distance, reconstruction_agreement
 
 
 def test_frechet_distance_matches_closed_forms() -> None:
@@ -34,3 +36,19 @@ def test_evaluator_distance_and_fidelity() -> None:
     assert evaluator_fidelity(oracle, data.images, half) == 0.5  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="differ"):
         evaluator_fidelity(model, data.images, data.images[:3])
+
+
+def test_reconstruction_agreement_separates_shape_from_colour() -> None:
+    """Reconstructions that keep every object's place and colour but draw it as another shape
+    agree on colour and position, not on shape, and no scene is the same."""
+    data = scene_set("val", 16)
+    truths = [objects_from_metadata(m) for m in data.metadata]
+    other = {"circle": "square"}
+    reshaped = [[dataclasses.replace(o, shape=other.get(o.shape, "circle")) for o in objects] for objects in truths]
+    fakes = 255 - data.images  # any other images: the oracle parses them as taught
+    oracle = OracleEvaluator()
+    oracle.learn(data.images, truths)
+    oracle.learn(fakes, reshaped)
+    scores = reconstruction_agreement(oracle, data.images, fakes)  # type: ignore[arg-type]
+    assert scores == {"evaluator_fidelity": 0.0, "position_agreement": 1.0, "shape_agreement": 0.0, "color_agreement": 1.0}
+    assert reconstruction_agreement(oracle, data.images, data.images)["shape_agreement"] == 1.0  # type: ignore[arg-type]

@@ -319,10 +319,6 @@ def compare(truth: list[ParsedObject], parsed: list[ParsedObject], max_distance:
     }
 
 
-def same_objects(a: list[ParsedObject], b: list[ParsedObject], max_distance: float) -> bool:
-    return bool(compare(a, b, max_distance)["scene"])
-
-
 def accuracy(truths: list[list[ParsedObject]], parses: list[list[ParsedObject]], max_distance: float) -> dict[str, float]:
     """Scene- and attribute-level accuracy of parses against exact objects."""
     if len(truths) != len(parses) or not truths:

@@ -1,8 +1,9 @@
 """The reconstruction table: every prefix k of the codes, decoded by diffusion and by the renderer.
 
 Each row measures one decoder at one prefix length against the originals: 8-bit PSNR, SSIM,
-the Frechet distance on evaluator features and evaluator fidelity (same objects parsed). k=0
-is the no-token baseline: what the decoder makes from noise alone.
+the Frechet distance on evaluator features, evaluator fidelity (same objects parsed) and
+shape/colour agreement per object. k=0 is the no-token baseline: what the decoder makes from
+noise alone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from selftok.data.dataset import to_unit
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.fidelity import evaluator_fidelity, frechet_evaluator_distance
+from selftok.eval.fidelity import frechet_evaluator_distance, reconstruction_agreement
 from selftok.tokenizer.metrics import batched, prefix_lengths, psnr_8bit, ssim_8bit
 from selftok.tokenizer.registry import AnyTokenizer
 
@@ -28,8 +29,8 @@ def reconstruction_table(
     batch: int = 64,
     with_diffusion: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Rows {decoder, k, psnr, ssim, frechet_evaluator_distance, evaluator_fidelity} and the
-    reconstructions per (decoder, k) for the report's image strips."""
+    """Rows {decoder, k, psnr, ssim, frechet_evaluator_distance, evaluator_fidelity and the
+    position/shape/colour agreements} and the reconstructions per (decoder, k) for the report's image strips."""
     tokenizer.eval()
     target = to_unit(images)
     codes = batched(tokenizer.encode, target, batch)
@@ -49,7 +50,7 @@ def reconstruction_table(
                     "psnr": float(psnr_8bit(recon, target).mean()),
                     "ssim": float(ssim_8bit(recon, target).mean()),
                     "frechet_evaluator_distance": frechet_evaluator_distance(evaluator, images, recon),
-                    "evaluator_fidelity": evaluator_fidelity(evaluator, images, recon),
+                    **reconstruction_agreement(evaluator, images, recon),
                 }
             )
     return rows, outputs | {"codes": codes}

@@ -123,7 +123,7 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
         ),
         "<h2>Reconstruction by prefix (val)</h2>",
         "<p>k = number of leading tokens v1..vk visible; k = 0 is the no-token baseline. 8-bit PSNR protocol.</p>",
-        _table(table, ["decoder", "k", "psnr", "ssim", "frechet_evaluator_distance", "evaluator_fidelity"]),
+        _table(table, ["decoder", "k", "psnr", "ssim", "frechet_evaluator_distance", "evaluator_fidelity", "shape_agreement", "color_agreement"]),
         "<h2>Generation (held-out prompts, GenEval-style)</h2>",
         _table(gen_rows, ["category", "pretrained", "rl"]),
         *control,

@@ -78,6 +78,8 @@ def tokenizer_summary(table: list[dict[str, Any]], codes: torch.Tensor, num_toke
         "prefix_psnr": {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "renderer" and r["k"] > 0},
         "active_code_fraction": code_usage(codes, codebook_size)["active_code_fraction"],
         "evaluator_fidelity": full["evaluator_fidelity"],
+        "shape_agreement": full["shape_agreement"],
+        "color_agreement": full["color_agreement"],
         "frechet_evaluator_distance": full["frechet_evaluator_distance"],
     }
     if diffusion:

@@ -22,6 +22,7 @@ from selftok.data.dataset import to_uint8, to_unit
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.decoder import MMDiT
 from selftok.tokenizer.encoder import Encoder
+from selftok.tokenizer.loss import pixel_loss
 from selftok.tokenizer.quantizer import Quantizer
 from selftok.tokenizer.renderer import Renderer
 from selftok.tokenizer.sampler import euler_decode
@@ -36,7 +37,7 @@ FORMAT = "selftok-tokenizer/1"
 class StepOutput:
     """What one training forward returns (kept as a dataclass so DDP sees a plain forward)."""
 
-    loss: torch.Tensor  # [B] decoder MSE per sample
+    loss: torch.Tensor  # [B] decoder MSE per sample (edge-weighted when edge_weight > 0)
     commitment: torch.Tensor
     entropy: torch.Tensor | None
     z: torch.Tensor
@@ -92,7 +93,13 @@ class SelftokTokenizer(nn.Module):
         return (batch, self.space.channels, self.space.size, self.space.size)
 
     def forward(
-        self, images: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, limit: torch.Tensor, with_entropy: bool = False
+        self,
+        images: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        limit: torch.Tensor,
+        with_entropy: bool = False,
+        edge_weight: float = 0.0,
     ) -> StepOutput:
         """Training forward: encode, quantise, noise to x_t, decode with the schedule's mask."""
         x0 = self.space.encode(images)
@@ -104,7 +111,7 @@ class SelftokTokenizer(nn.Module):
         out = self.decoder(x_t, t, quant.quantized, visible)
         target = noise - x0 if self.config.objective == "velocity" else x0
         entropy = self.quantizer.entropy(quant.z) if with_entropy else None
-        loss = (out - target).pow(2).flatten(1).mean(1)
+        loss = pixel_loss(out - target, x0, edge_weight)
         return StepOutput(loss=loss, commitment=quant.commitment, entropy=entropy, z=quant.z, codes=quant.codes)
 
     # --- inference -----------------------------------------------------------------------

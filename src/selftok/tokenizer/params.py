@@ -59,6 +59,7 @@ class TokenizerParams(SizeOverrides):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder
+    edge_weight: float = Field(0.0, ge=0.0)  # extra loss weight near target edges (selftok.tokenizer.loss)
     prefix_dropout: Fraction = 0.2  # nested prefix cut (our extension)
     no_token_fraction: Fraction = 0.1  # unconditional samples (enables CFG)
     commitment_weight: float = Field(1.0, ge=0.0)
@@ -107,6 +108,7 @@ class RendererParams(StrictModel):
     grad_clip: float = Field(1.0, gt=0.0)
     init_from_decoder: bool = True  # start from the diffusion decoder at t=1 (converges much faster)
     prefix_dropout: Fraction = 0.0  # nested prefix cut so that prefixes render too
+    edge_weight: float = Field(0.0, ge=0.0)  # extra loss weight near target edges (selftok.tokenizer.loss)
     checkpoint_every: Positive = 200
     log_every: Positive = 25
     eval_every: Positive = 300

@@ -30,6 +30,7 @@ from torch import nn
 from selftok.data.dataset import to_uint8, to_unit
 from selftok.tokenizer.arch import JsonConfig, TokenizerConfig
 from selftok.tokenizer.layers import FinalLayer, Stream, attention, init_weights
+from selftok.tokenizer.loss import pixel_loss
 from selftok.tokenizer.quantizer import Quantizer
 from selftok.tokenizer.spatial_params import SPATIAL_SIZES
 
@@ -196,7 +197,7 @@ class CellDecoder(nn.Module):
 class SpatialStep:
     """What one training forward returns (a dataclass so DDP sees a plain forward)."""
 
-    loss: torch.Tensor  # [B] pixel MSE per sample
+    loss: torch.Tensor  # [B] pixel MSE per sample (edge-weighted when edge_weight > 0)
     commitment: torch.Tensor
     z: torch.Tensor
     codes: torch.Tensor
@@ -217,11 +218,11 @@ class SpatialTokenizer(nn.Module):
         return self.decoder
 
     # --- training ------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, limit: torch.Tensor) -> SpatialStep:
-        """Encode, quantise, decode with codes [limit:] masked; pixel MSE per sample."""
+    def forward(self, images: torch.Tensor, limit: torch.Tensor, edge_weight: float = 0.0) -> SpatialStep:
+        """Encode, quantise, decode with codes [limit:] masked; (edge-weighted) pixel MSE per sample."""
         quant = self.quantizer(self.encoder(images))
         visible = torch.arange(self.config.num_tokens, device=images.device)[None] < limit[:, None]
-        loss = (self.decoder(quant.quantized, visible) - images).pow(2).flatten(1).mean(1)
+        loss = pixel_loss(self.decoder(quant.quantized, visible) - images, images, edge_weight)
         return SpatialStep(loss=loss, commitment=quant.commitment, z=quant.z, codes=quant.codes)
 
     # --- inference -----------------------------------------------------------------------

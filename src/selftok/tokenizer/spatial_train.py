@@ -42,7 +42,7 @@ class SpatialTask:
                 z = model.quantizer.project(model.encoder(x), batch_stats=True)
             model.quantizer.initialize(z, generator=generator)
         limit = sample_limits(len(index), model.config.num_tokens, p.prefix_dropout, 0.0, generator)
-        out: SpatialStep = wrapped(x, limit.to(self.device))
+        out: SpatialStep = wrapped(x, limit.to(self.device), p.edge_weight)
         return out.loss.mean() + p.commitment_weight * out.commitment, out
 
     def after_step(self, aux: SpatialStep, generator: torch.Generator) -> dict[str, float]:

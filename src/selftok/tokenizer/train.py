@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from selftok.data.dataset import to_unit
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from selftok.tokenizer.loss import pixel_loss
 from selftok.tokenizer.model import SelftokTokenizer, StepOutput, own_state
 from selftok.tokenizer.params import RendererParams, TokenizerParams
 from selftok.tokenizer.renderer import Renderer
@@ -209,7 +210,9 @@ class TokenizerTask:
         limit = sample_limits(b, k, p.prefix_dropout, p.no_token_fraction, generator)
         limit = torch.where(pure, torch.full_like(limit, k), limit)  # autoencoding samples see every token
         noise = torch.randn(model.input_shape(b), generator=generator)
-        out: StepOutput = wrapped(x, noise.to(self.device), t.to(self.device), limit.to(self.device), p.entropy_weight > 0)
+        out: StepOutput = wrapped(
+            x, noise.to(self.device), t.to(self.device), limit.to(self.device), p.entropy_weight > 0, p.edge_weight
+        )
         loss = out.loss.mean() + p.commitment_weight * out.commitment
         if out.entropy is not None:
             loss = loss - p.entropy_weight * out.entropy
@@ -241,15 +244,16 @@ def train_tokenizer(
 
 
 class RenderObjective(nn.Module):
-    """Renderer + frozen input space: pixel MSE per sample (what accelerate wraps)."""
+    """Renderer + frozen input space: (edge-weighted) pixel MSE per sample (what accelerate wraps)."""
 
-    def __init__(self, renderer: Renderer, space: nn.Module) -> None:
+    def __init__(self, renderer: Renderer, space: nn.Module, edge_weight: float = 0.0) -> None:
         super().__init__()
         self.renderer = renderer
         self.space = space
+        self.edge_weight = edge_weight
 
     def forward(self, tokens: torch.Tensor, visible: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return (self.space.decode(self.renderer(tokens, visible)) - images).pow(2).flatten(1).mean(1)
+        return pixel_loss(self.space.decode(self.renderer(tokens, visible)) - images, images, self.edge_weight)
 
 
 class RendererTask:
@@ -300,7 +304,7 @@ def train_renderer(
     if model.renderer is None:
         model.renderer = model.new_renderer(from_decoder=params.init_from_decoder)
     model.renderer.requires_grad_(True)
-    objective = RenderObjective(model.renderer, model.space)
+    objective = RenderObjective(model.renderer, model.space, params.edge_weight)
     task = RendererTask(objective, codes, model.quantizer.codebook, images, params, accelerator.device)
     result = run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
     model.renderer.eval()
