@@ -4,7 +4,9 @@ PSNR cannot say whether codes carry shape: a disc where a square was costs a few
 probe trains a small MLP from an image's code vectors (codebook entries of its K codes,
 concatenated) to the multi-hot set of shapes and of colours in the scene, on the first 5000
 training scenes, and reports per-label accuracy on the next 1000 next to the majority-label
-baseline. Works for both arms (Selftok and the spatial control). Example:
+baseline. ``--continuous`` probes the projected encoder output before quantisation instead,
+which tells an encoder that never learned an attribute from a quantiser that drops it. Works
+for both arms (Selftok and the spatial control). Example:
 
     python scripts/code_probe.py models/tokenizer
 """
@@ -65,6 +67,7 @@ def main() -> None:
     ap.add_argument("tokenizer", type=Path, help="a trained tokenizer folder (either arm)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--continuous", action="store_true", help="probe the vectors before quantisation")
     ap.add_argument("--cache", type=Path, default=Path("ablation_runs/tokenizer"), help="where scene renders are cached")
     args = ap.parse_args()
     n = N_FIT + N_TEST
@@ -72,15 +75,19 @@ def main() -> None:
     generator = SceneGenerator(SceneConfig(image_size=32, holdout=HOLDOUT), seed=0)
     objects = [generator.scene("train", i).objects for i in range(n)]
     tokenizer = load_tokenizer(args.tokenizer).eval()
+    quantizer = tokenizer.quantizer
+    to_space = tokenizer.space.encode if hasattr(tokenizer, "space") else (lambda x: x)  # the spatial arm reads pixels
     with torch.no_grad():
-        codes = batched(tokenizer.encode, to_unit(images), 256)
-        features = tokenizer.quantizer.codebook[codes].flatten(1)
+        if args.continuous:
+            features = batched(lambda x: quantizer.project(tokenizer.encoder(to_space(x))), to_unit(images), 256).flatten(1)
+        else:
+            features = quantizer.codebook[batched(tokenizer.encode, to_unit(images), 256)].flatten(1)
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
     result = {
         "shape": probe(features, presence([[o.shape for o in s] for s in objects], list(SHAPES)), args.steps, args.seed),
         "color": probe(features, presence([[o.color for o in s] for s in objects], list(COLORS)), args.steps, args.seed),
     }
-    print(json.dumps({"tokenizer": str(args.tokenizer), **result}, indent=1))
+    print(json.dumps({"tokenizer": str(args.tokenizer), "continuous": args.continuous, **result}, indent=1))
 
 
 if __name__ == "__main__":
