@@ -39,6 +39,15 @@ def presence(scene_objects: list[list[str]], names: list[str]) -> torch.Tensor:
     return y
 
 
+def labelled_scenes(n: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first n training scenes: uint8 images, shape presence [n, 5], colour presence [n, C]."""
+    generator = SceneGenerator(SceneConfig(image_size=32, holdout=HOLDOUT), seed=0)
+    objects = [generator.scene("train", i).objects for i in range(n)]
+    shapes = presence([[o.shape for o in s] for s in objects], list(SHAPES))
+    colors = presence([[o.color for o in s] for s in objects], list(COLORS))
+    return scenes("train", n, 32, cache), shapes, colors
+
+
 def probe(features: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> dict[str, float]:
     """Fit on the first N_FIT rows, score the next N_TEST."""
     torch.manual_seed(seed)
@@ -70,10 +79,7 @@ def main() -> None:
     ap.add_argument("--continuous", action="store_true", help="probe the vectors before quantisation")
     ap.add_argument("--cache", type=Path, default=Path("ablation_runs/tokenizer"), help="where scene renders are cached")
     args = ap.parse_args()
-    n = N_FIT + N_TEST
-    images = scenes("train", n, 32, args.cache)
-    generator = SceneGenerator(SceneConfig(image_size=32, holdout=HOLDOUT), seed=0)
-    objects = [generator.scene("train", i).objects for i in range(n)]
+    images, shapes, colors = labelled_scenes(N_FIT + N_TEST, args.cache)
     tokenizer = load_tokenizer(args.tokenizer).eval()
     quantizer = tokenizer.quantizer
     to_space = tokenizer.space.encode if hasattr(tokenizer, "space") else (lambda x: x)  # the spatial arm reads pixels
@@ -84,8 +90,8 @@ def main() -> None:
             features = quantizer.codebook[batched(tokenizer.encode, to_unit(images), 256)].flatten(1)
     features = (features - features.mean(0)) / (features.std(0) + 1e-6)
     result = {
-        "shape": probe(features, presence([[o.shape for o in s] for s in objects], list(SHAPES)), args.steps, args.seed),
-        "color": probe(features, presence([[o.color for o in s] for s in objects], list(COLORS)), args.steps, args.seed),
+        "shape": probe(features, shapes, args.steps, args.seed),
+        "color": probe(features, colors, args.steps, args.seed),
     }
     print(json.dumps({"tokenizer": str(args.tokenizer), "continuous": args.continuous, **result}, indent=1))
 

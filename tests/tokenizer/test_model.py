@@ -110,7 +110,9 @@ def test_renderer_starts_as_the_one_step_decoder(tiny_config: TokenizerConfig) -
     assert torch.allclose(renderer(tokens), -v, atol=1e-5)  # x0 = x_t - v at t = 1 with x_t = 0
 
 
-def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stem", ["linear", "conv"])
+def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_path: Path, stem: str) -> None:
+    tiny_config = dataclasses.replace(tiny_config, encoder_stem=stem)
     model = _perturbed_model(tiny_config)
     model.renderer = model.new_renderer()
     images = torch.rand(3, 3, 8, 8) * 2 - 1
@@ -127,6 +129,21 @@ def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_
     assert torch.equal(loaded.render(codes), model.render(codes))
     with pytest.raises(ValueError):
         SelftokTokenizer.from_pretrained(tmp_path / "ren", renderer=tmp_path / "tok")
+
+
+def test_encoder_stems(tiny_config: TokenizerConfig) -> None:
+    """Both stems give one feature per patch; the linear stem keeps the pre-stem weight names
+    (models saved before stems existed still load); the conv stem needs a power-of-two patch."""
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    for stem in ("linear", "conv"):
+        encoder = SelftokTokenizer(dataclasses.replace(tiny_config, encoder_stem=stem)).encoder
+        patches = (8 // tiny_config.encoder_patch) ** 2
+        assert encoder.embed(images).shape == (2, patches, tiny_config.encoder_width)
+        assert encoder(images).shape == (2, tiny_config.num_tokens, tiny_config.encoder_width)
+    linear = SelftokTokenizer(tiny_config).state_dict()
+    assert "encoder.embed.weight" in linear and "encoder.embed.bias" in linear
+    with pytest.raises(ValueError, match="power-of-two"):
+        SelftokTokenizer(dataclasses.replace(tiny_config, image_size=12, encoder_patch=3, decoder_patch=3, encoder_stem="conv"))
 
 
 def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path) -> None:

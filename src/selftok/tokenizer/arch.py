@@ -16,6 +16,7 @@ ScheduleKind = Literal["custom", "uniform"]  # see selftok.tokenizer.schedule
 Objective = Literal["velocity", "x0"]
 InputSpace = Literal["pixels", "vae"]
 CodeNorm = Literal["batch", "none"]
+EncoderStem = Literal["linear", "conv"]  # see selftok.tokenizer.encoder
 
 # Widths/depths per named size; the CPU default is "T" (METHOD.md section 7 prototype).
 SIZES: dict[str, dict[str, int]] = {
@@ -57,6 +58,7 @@ class TokenizerConfig(JsonConfig):
     code_dim: int = 16
     encoder_patch: int = 4
     decoder_patch: int = 4
+    encoder_stem: EncoderStem = "linear"
     encoder_width: int = 96
     encoder_depth: int = 3
     decoder_width: int = 128

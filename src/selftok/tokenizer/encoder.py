@@ -1,5 +1,10 @@
 """Encoder: input patches plus K learnable queries -> K continuous vectors (no spatial layout).
 
+Patches are embedded by a linear map of their pixels (ViT) or by a small strided conv stem.
+The linear stem sees colour at once but not outline: trained *supervised* on which shapes a
+scene holds, the size-T encoder with it stays at the majority baseline after 600 steps while
+colours are perfect after 150 (docs/tokenizer_ablation.md), so its codes never carry shape.
+
 Patches attend only to patches and queries attend to [patches, queries] (one-way), so the
 patch features are a plain ViT of the image and the queries read from it. Each query position
 has its own AdaLN modulation from an embedding of its index, letting position 1 and position
@@ -16,6 +21,42 @@ from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.layers import Stream, attention, init_weights, patchify
 
 
+class LinearStem(nn.Linear):
+    """[B, C, S, S] -> [B, (S/p)^2, width]: one linear map of each p x p patch (ViT). A Linear
+    itself, so weights saved before stems existed (``encoder.embed.weight``) still load."""
+
+    def __init__(self, channels: int, width: int, patch: int) -> None:
+        super().__init__(channels * patch * patch, width)
+        self.patch = patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(patchify(x, self.patch))
+
+
+class ConvStem(nn.Module):
+    """[B, C, S, S] -> [B, (S/p)^2, width]: two 3x3 convs per resolution, halving it log2(p)
+    times (the "early convolutions" stem), so outline features exist before attention mixes."""
+
+    def __init__(self, channels: int, width: int, patch: int) -> None:
+        super().__init__()
+        halvings = patch.bit_length() - 1
+        if patch != 1 << halvings:
+            raise ValueError(f"the conv stem needs a power-of-two encoder_patch, got {patch}")
+        widths = [max(width >> (halvings - i), 32) for i in range(halvings + 1)]
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1), nn.GELU()]
+        layers += [nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.GELU()]
+        for a, b in zip(widths, widths[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(b, b, 3, padding=1), nn.GELU()]
+        layers.append(nn.Conv2d(widths[-1], width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(2).transpose(1, 2)
+
+
+STEMS = {"linear": LinearStem, "conv": ConvStem}
+
+
 class Encoder(nn.Module):
     def __init__(self, channels: int, size: int, config: TokenizerConfig) -> None:
         super().__init__()
@@ -23,9 +64,8 @@ class Encoder(nn.Module):
         if size % p:
             raise ValueError(f"input size {size} is not divisible by encoder_patch {p}")
         grid = size // p
-        self.patch = p
         self.num_patches = grid * grid
-        self.embed = nn.Linear(channels * p * p, width)
+        self.embed = STEMS[config.encoder_stem](channels, width, p)
         self.register_buffer("pos", get_2d_sincos_pos_embed(width, grid, base_size=grid)[None].float(), persistent=False)
         # Unit-scale queries and index embeddings: at 0.02 every query read the same average of
         # the patches and all K outputs collapsed onto one vector (cosine 0.999 between positions).
@@ -45,7 +85,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, S, S] in input space -> [B, K, width]."""
         b = x.shape[0]
-        h = torch.cat([self.embed(patchify(x, self.patch)) + self.pos, self.queries.expand(b, -1, -1)], dim=1)
+        h = torch.cat([self.embed(x) + self.pos, self.queries.expand(b, -1, -1)], dim=1)
         cond = torch.cat([self.patch_cond.expand(self.num_patches, -1), self.query_index])[None]
         for block in self.blocks:
             q, k, v, mods = block.pre(h, cond)

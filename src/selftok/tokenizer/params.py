@@ -43,6 +43,7 @@ class TokenizerParams(SizeOverrides):
     code_dim: int = Field(16, ge=2)
     encoder_patch: Positive = 4
     decoder_patch: Positive = 4
+    encoder_stem: Literal["linear", "conv"] = "linear"  # patch embedding (selftok.tokenizer.encoder)
     input_space: Literal["pixels", "vae"] = "pixels"
     vae_path: str | None = None
     schedule: Literal["custom", "uniform"] = "custom"
@@ -88,6 +89,7 @@ class TokenizerParams(SizeOverrides):
             code_dim=self.code_dim,
             encoder_patch=self.encoder_patch,
             decoder_patch=self.decoder_patch,
+            encoder_stem=self.encoder_stem,
             schedule=self.schedule,
             objective=self.objective,
             ema_decay=self.ema_decay,

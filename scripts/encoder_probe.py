@@ -1,0 +1,75 @@
+"""Can an encoder architecture see shape at all? Train it *supervised* and watch.
+
+The tokenizer's codes carry colour but no shape (scripts/code_probe.py). This separates "the
+objective never asks for shape" from "the encoder cannot compute it": the tokenizer encoder
+(with the given stem, K outputs flattened into a linear head) or a reference 5-layer CNN (max-
+pooled) is trained for a few hundred steps to predict which shapes and colours a scene holds,
+and scored on held-out scenes every ``--every`` steps. Example:
+
+    python scripts/encoder_probe.py --stem linear
+    python scripts/encoder_probe.py --stem conv
+    python scripts/encoder_probe.py --cnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from code_probe import N_FIT, N_TEST, labelled_scenes
+from torch import nn
+
+from selftok.data.dataset import to_unit
+from selftok.tokenizer.encoder import Encoder
+from selftok.tokenizer.params import TokenizerParams
+
+
+def reference_cnn(classes: int) -> nn.Module:
+    """A plain CNN of about the evaluator's kind: what "able to see shape" looks like."""
+    convs, widths = [], [3, 32, 64, 64, 96, 96]
+    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+        convs += [nn.Conv2d(a, b, 3, stride=2 if i in (1, 3) else 1, padding=1), nn.GELU()]
+    return nn.Sequential(*convs, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], classes))
+
+
+def tokenizer_encoder(stem: str, classes: int) -> nn.Module:
+    config = TokenizerParams(encoder_stem=stem).architecture(32)
+    return nn.Sequential(Encoder(3, 32, config), nn.Flatten(), nn.Linear(config.num_tokens * config.encoder_width, classes))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stem", choices=["linear", "conv"], default="linear")
+    ap.add_argument("--cnn", action="store_true", help="the reference CNN instead of the tokenizer encoder")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--every", type=int, default=150)
+    ap.add_argument("--cache", type=Path, default=Path("ablation_runs/tokenizer"))
+    args = ap.parse_args()
+    images, shapes, colors = labelled_scenes(N_FIT + N_TEST, args.cache)
+    x, y, n_shapes = to_unit(images), torch.cat([shapes, colors], 1), shapes.shape[1]
+    torch.manual_seed(0)
+    net = reference_cnn(y.shape[1]) if args.cnn else tokenizer_encoder(args.stem, y.shape[1])
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
+    test, start = slice(N_FIT, N_FIT + N_TEST), time.perf_counter()
+    for step in range(1, args.steps + 1):
+        index = torch.randint(0, N_FIT, (64,))
+        loss = F.binary_cross_entropy_with_logits(net(x[index]), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % args.every == 0:
+            net.eval()
+            with torch.no_grad():
+                right = ((net(x[test]) > 0) == y[test].bool()).float()
+            net.train()
+            row = {"step": step, "seconds": round(time.perf_counter() - start), "shape_label_accuracy": right[:, :n_shapes].mean().item(),
+                   "color_label_accuracy": right[:, n_shapes:].mean().item()}
+            print(json.dumps({"model": "cnn" if args.cnn else f"encoder/{args.stem}", **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
