@@ -13,6 +13,8 @@ K specialise (coarse vs fine) with shared block weights.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from torch import nn
@@ -45,7 +47,7 @@ class ConvStem(nn.Module):
         widths = [max(width >> (halvings - i), 32) for i in range(halvings + 1)]
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1), nn.GELU()]
         layers += [nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.GELU()]
-        for a, b in zip(widths, widths[1:], strict=False):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(b, b, 3, padding=1), nn.GELU()]
         layers.append(nn.Conv2d(widths[-1], width, 1))
         self.net = nn.Sequential(*layers)
