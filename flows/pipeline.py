@@ -28,7 +28,7 @@ from selftok import tracking
 from selftok.config import load_params, params_hash
 from selftok.stages.base import resolve_stages
 
-LOCK_FILE = ".dvc/tmp/selftok-pipeline.lock"
+LOCK_FILE = Path(".dvc", "tmp", "selftok-pipeline.lock")  # relative to the project root
 SKIPPED = "didn't change, skipping"
 
 

@@ -14,6 +14,7 @@ and scored on held-out scenes every ``--every`` steps. Example:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from selftok.tokenizer.params import TokenizerParams
 def reference_cnn(classes: int) -> nn.Module:
     """A plain CNN of about the evaluator's kind: what "able to see shape" looks like."""
     convs, widths = [], [3, 32, 64, 64, 96, 96]
-    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         convs += [nn.Conv2d(a, b, 3, stride=2 if i in (1, 3) else 1, padding=1), nn.GELU()]
     return nn.Sequential(*convs, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], classes))
 

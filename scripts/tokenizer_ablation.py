@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from selftok.data.dataset import to_unit
+from selftok.data.dataset import to_uint8, to_unit
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.fidelity import reconstruction_agreement
@@ -71,7 +71,7 @@ def agreement(model: SelftokTokenizer, evaluator: SceneEvaluator, val: torch.Ten
         decoders["renderer"] = model.render
     row = {}
     for name, decode in decoders.items():
-        recon = ((batched(decode, codes, 64).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        recon = to_uint8(batched(decode, codes, 64))
         row |= {f"{name}_{k}": v for k, v in reconstruction_agreement(evaluator, val, recon).items()}
     return row
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 ScheduleKind = Literal["custom", "uniform"]  # see selftok.tokenizer.schedule
 Objective = Literal["velocity", "x0"]
 InputSpace = Literal["pixels", "vae"]
-CodeNorm = Literal["batch", "none"]
+CodeNormKind = Literal["batch", "none"]  # see selftok.tokenizer.quantizer.CodeNorm
 EncoderStem = Literal["linear", "conv"]  # see selftok.tokenizer.encoder
 
 # Widths/depths per named size; the CPU default is "T" (METHOD.md section 7 prototype).
@@ -69,7 +69,7 @@ class TokenizerConfig(JsonConfig):
     objective: Objective = "velocity"
     ema_decay: float = 0.99
     dead_threshold: float = 0.2  # reset codes whose EMA usage < this x uniform usage
-    code_norm: CodeNorm = "batch"  # batch-normalise projected vectors per position before the sphere
+    code_norm: CodeNormKind = "batch"  # batch-normalise projected vectors per position before the sphere
 
     @classmethod
     def from_size(cls, size: str, **overrides: Any) -> TokenizerConfig:

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from selftok.schema import StrictModel
-from selftok.tokenizer.arch import SIZES, TokenizerConfig
+from selftok.tokenizer.arch import SIZES, CodeNormKind, EncoderStem, InputSpace, Objective, ScheduleKind, TokenizerConfig
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[int, Field(ge=1)]
+EdgeWeight = Annotated[float, Field(ge=0.0)]  # extra loss weight near target edges (selftok.tokenizer.loss)
 
 
 class TokenizerEval(StrictModel):
@@ -43,14 +44,14 @@ class TokenizerParams(SizeOverrides):
     code_dim: int = Field(16, ge=2)
     encoder_patch: Positive = 4
     decoder_patch: Positive = 4
-    encoder_stem: Literal["linear", "conv"] = "linear"  # patch embedding (selftok.tokenizer.encoder)
-    input_space: Literal["pixels", "vae"] = "pixels"
+    encoder_stem: EncoderStem = "linear"  # patch embedding (selftok.tokenizer.encoder)
+    input_space: InputSpace = "pixels"
     vae_path: str | None = None
-    schedule: Literal["custom", "uniform"] = "custom"
-    objective: Literal["velocity", "x0"] = "velocity"
+    schedule: ScheduleKind = "custom"
+    objective: Objective = "velocity"
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
-    code_norm: Literal["batch", "none"] = "batch"  # see selftok.tokenizer.quantizer.Quantizer.project
+    code_norm: CodeNormKind = "batch"  # see selftok.tokenizer.quantizer.Quantizer.project
 
     steps: Positive = 2000
     batch_size: Positive = 64
@@ -60,7 +61,7 @@ class TokenizerParams(SizeOverrides):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder
-    edge_weight: float = Field(0.0, ge=0.0)  # extra loss weight near target edges (selftok.tokenizer.loss)
+    edge_weight: EdgeWeight = 0.0
     prefix_dropout: Fraction = 0.2  # nested prefix cut (our extension)
     no_token_fraction: Fraction = 0.1  # unconditional samples (enables CFG)
     commitment_weight: float = Field(1.0, ge=0.0)
@@ -110,7 +111,7 @@ class RendererParams(StrictModel):
     grad_clip: float = Field(1.0, gt=0.0)
     init_from_decoder: bool = True  # start from the diffusion decoder at t=1 (converges much faster)
     prefix_dropout: Fraction = 0.0  # nested prefix cut so that prefixes render too
-    edge_weight: float = Field(0.0, ge=0.0)  # extra loss weight near target edges (selftok.tokenizer.loss)
+    edge_weight: EdgeWeight = 0.0
     checkpoint_every: Positive = 200
     log_every: Positive = 25
     eval_every: Positive = 300

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from selftok.tokenizer.params import Fraction, Positive, SizeOverrides
+from selftok.tokenizer.params import EdgeWeight, Fraction, Positive, SizeOverrides
 
 if TYPE_CHECKING:
     from selftok.tokenizer.spatial import SpatialConfig
@@ -39,7 +39,7 @@ class SpatialParams(SizeOverrides):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     prefix_dropout: Fraction = 0.2  # share of samples decoded from a random raster prefix
-    edge_weight: float = Field(0.0, ge=0.0)  # extra loss weight near target edges (selftok.tokenizer.loss)
+    edge_weight: EdgeWeight = 0.0
     commitment_weight: float = Field(1.0, ge=0.0)
     checkpoint_every: Positive = 200
     log_every: Positive = 25
