@@ -1,13 +1,20 @@
 """Can an encoder architecture see shape at all? Train it *supervised* and watch.
 
 The tokenizer's codes carry colour but no shape (scripts/code_probe.py). This separates "the
-objective never asks for shape" from "the encoder cannot compute it": the tokenizer encoder
-(with the given stem, K outputs flattened into a linear head) or a reference 5-layer CNN (max-
-pooled) is trained for a few hundred steps to predict which shapes and colours a scene holds,
-and scored on held-out scenes every ``--every`` steps. Example:
+objective never asks for shape" from "the encoder cannot compute it": a network is trained for a
+few hundred steps to predict which shapes and colours a scene holds, and scored on held-out
+scenes every ``--every`` steps.
+
+``--read`` says which features of the tokenizer encoder the label head sees:
+- ``queries``: the K output vectors (what gets quantised);
+- ``patches``: the patch stream after the last block;
+- ``stem``: the stem's patch features alone (no attention).
+The head is a small MLP on each vector, max-pooled over vectors ("is there a star anywhere"),
+or with ``--head flatten`` one linear map of all vectors concatenated. ``--cnn`` trains a
+reference 5-layer CNN instead. Examples:
 
     python scripts/encoder_probe.py --stem linear
-    python scripts/encoder_probe.py --stem conv
+    python scripts/encoder_probe.py --stem conv --read patches
     python scripts/encoder_probe.py --cnn
 """
 
@@ -37,14 +44,32 @@ def reference_cnn(classes: int) -> nn.Module:
     return nn.Sequential(*convs, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], classes))
 
 
-def tokenizer_encoder(stem: str, classes: int) -> nn.Module:
-    config = TokenizerParams(encoder_stem=stem).architecture(32)
-    return nn.Sequential(Encoder(3, 32, config), nn.Flatten(), nn.Linear(config.num_tokens * config.encoder_width, classes))
+class EncoderProbe(nn.Module):
+    """The tokenizer encoder with a label head on the features that ``read`` names."""
+
+    def __init__(self, stem: str, read: str, head: str, classes: int) -> None:
+        super().__init__()
+        config = TokenizerParams(encoder_stem=stem).architecture(32)
+        self.encoder, self.read, self.pool = Encoder(3, 32, config), read, head == "max"
+        width = config.encoder_width
+        count = config.num_tokens if read == "queries" else self.encoder.num_patches
+        self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, classes)) if self.pool else nn.Linear(count * width, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.read == "stem":
+            return self.encoder.embed(x)
+        return self.encoder(x) if self.read == "queries" else self.encoder.streams(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        return self.head(h).amax(1) if self.pool else self.head(h.flatten(1))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stem", choices=["linear", "conv"], default="linear")
+    ap.add_argument("--read", choices=["queries", "patches", "stem"], default="queries")
+    ap.add_argument("--head", choices=["max", "flatten"], default="max")
     ap.add_argument("--cnn", action="store_true", help="the reference CNN instead of the tokenizer encoder")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--every", type=int, default=150)
@@ -53,7 +78,7 @@ def main() -> None:
     images, shapes, colors = labelled_scenes(N_FIT + N_TEST, args.cache)
     x, y, n_shapes = to_unit(images), torch.cat([shapes, colors], 1), shapes.shape[1]
     torch.manual_seed(0)
-    net = reference_cnn(y.shape[1]) if args.cnn else tokenizer_encoder(args.stem, y.shape[1])
+    net = reference_cnn(y.shape[1]) if args.cnn else EncoderProbe(args.stem, args.read, args.head, y.shape[1])
     optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
     test, start = slice(N_FIT, N_FIT + N_TEST), time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -69,7 +94,8 @@ def main() -> None:
             net.train()
             row = {"step": step, "seconds": round(time.perf_counter() - start), "shape_label_accuracy": right[:, :n_shapes].mean().item(),
                    "color_label_accuracy": right[:, n_shapes:].mean().item()}
-            print(json.dumps({"model": "cnn" if args.cnn else f"encoder/{args.stem}", **row}), flush=True)
+            name = "cnn" if args.cnn else f"encoder/{args.stem}/{args.read}/{args.head}"
+            print(json.dumps({"model": name, **row}), flush=True)
 
 
 if __name__ == "__main__":

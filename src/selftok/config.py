@@ -111,10 +111,13 @@ class TokenizeParams(StrictModel):
 
 
 class EvaluateParams(StrictModel):
-    """The evaluate stage: how much val data, decode steps, and the promotion margin."""
+    """The evaluate stage: how much val data, decode steps, benchmark sample count, and the promotion margin."""
 
     val_images: int = Field(128, ge=8)
     decode_steps: int = Field(20, ge=1)  # Euler steps of diffusion decodes in the reconstruction table
+    # Images per held-out prompt in the GenEval-style benchmark (None: vlm.sampling's). Some
+    # categories have 2 held-out prompts, so 4 samples leave a score resting on 8 images.
+    samples_per_prompt: int | None = Field(None, ge=1)
     promotion_margin: Fraction = 0.02  # new model must beat the champion's overall score by this much
 
 

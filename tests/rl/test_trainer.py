@@ -1,11 +1,12 @@
 """The GRPO loop on a tiny Llama: a simple reward must go up, and a killed run resumes."""
 
+import random
 from pathlib import Path
 
 import torch
 
 from selftok.rl.params import RLParams
-from selftok.rl.trainer import RLRun, train_grpo, visual_logits
+from selftok.rl.trainer import RLRun, draw_prompts, train_grpo, visual_logits
 from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.vlm.model import build_lm
 from selftok.vlm.params import SamplingParams, VLMParams
@@ -58,3 +59,18 @@ def test_killed_run_resumes_from_checkpoint(tmp_path: Path) -> None:
     train_grpo(straight, params, tmp_path / "straight")
     for a, b in zip(straight.lm.parameters(), resumed_run.lm.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_balanced_draw_gives_every_category_its_turn() -> None:
+    prompts = [{"tag": "color_attr", "prompt": f"p{i}"} for i in range(90)] + [{"tag": "counting", "prompt": "c"}, {"tag": "colors", "prompt": "r"}]
+    for step in range(20):
+        drawn = draw_prompts(prompts, 6, random.Random(step), "balanced")
+        tags = [r["tag"] for r in drawn]
+        assert len(drawn) == 6 and sorted(tags) == sorted(["color_attr", "counting", "colors"] * 2)
+
+
+def test_uniform_draw_follows_the_prompt_set() -> None:
+    prompts = [{"tag": "color_attr", "prompt": f"p{i}"} for i in range(90)] + [{"tag": "counting", "prompt": "c"}]
+    drawn = [r for step in range(50) for r in draw_prompts(prompts, 4, random.Random(step), "uniform")]
+    assert all(len({r["prompt"] for r in drawn[i : i + 4]}) == 4 for i in range(0, len(drawn), 4))  # distinct within a step
+    assert sum(r["tag"] == "counting" for r in drawn) < 10  # ~1 in 91 prompts, not 1 in 2 categories

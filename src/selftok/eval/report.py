@@ -32,7 +32,7 @@ CURVES = {  # stage -> metric keys worth plotting
     "rl_finetune@spatial": ["rl.reward", "rl.kl", "rl.distinct_codes"],
 }
 # What the two arms are compared on, side by side (flattened keys of each arm's metrics).
-ARM_SECTIONS = ("tokenizer", "generation", "rl_gain", "comprehension", "ar_probe")
+ARM_SECTIONS = ("tokenizer", "generation", "rl_gain", "diversity_reference", "comprehension", "ar_probe")
 
 
 def latest_run(experiment: str, stage: str) -> Any:
@@ -106,6 +106,11 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
     gen_rows = [
         {"category": c, **{m: generation.get(m, {}).get(c) for m in ("pretrained", "rl")}} for c in [*CATEGORIES, "overall"]
     ]
+    gen_rows.append({  # collapse shows as a spread far below that of real renders of the same prompts
+        "category": "feature spread per prompt",
+        **{m: generation.get(m, {}).get("diversity", {}).get("feature_spread") for m in ("pretrained", "rl")},
+        "real renders": metrics.get("diversity_reference", {}).get("feature_spread"),
+    })
     promotion = metrics.get("promotion", {})
     comparison = side_by_side(metrics)
     control = [
@@ -125,7 +130,7 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
         "<p>k = number of leading tokens v1..vk visible; k = 0 is the no-token baseline. 8-bit PSNR protocol.</p>",
         _table(table, ["decoder", "k", "psnr", "ssim", "frechet_evaluator_distance", "evaluator_fidelity", "shape_agreement", "color_agreement"]),
         "<h2>Generation (held-out prompts, GenEval-style)</h2>",
-        _table(gen_rows, ["category", "pretrained", "rl"]),
+        _table(gen_rows, ["category", "pretrained", "rl", "real renders"]),
         *control,
         "<h2>Promotion</h2>",
         _table([{"key": k, "value": v} for k, v in promotion.items()], ["key", "value"]),

@@ -6,18 +6,20 @@ one evaluation uses, so the reward is measured on what the benchmark will see.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from selftok.schema import StrictModel
 
 Positive = Annotated[int, Field(ge=1)]
+PromptMix = Literal["balanced", "uniform"]
 
 
 class RLParams(StrictModel):
     steps: Positive = 60
     prompts_per_step: Positive = 8
+    prompt_mix: PromptMix = "balanced"  # balanced: categories in turn (as the benchmark weighs them) | uniform
     group_size: int = Field(8, ge=2)  # G images per prompt (paper 24)
     lr: float = Field(5e-5, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)

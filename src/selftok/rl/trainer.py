@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import judge_images
 from selftok.rl.grpo import group_advantages, grpo_loss, token_entropy
-from selftok.rl.params import RLParams
+from selftok.rl.params import PromptMix, RLParams
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from selftok.vlm.generate import generate_images
 from selftok.vlm.params import SamplingParams
@@ -95,6 +95,23 @@ class RLRun:
     seed: int
 
 
+def draw_prompts(prompts: Sequence[Record], n: int, rng: random.Random, mix: PromptMix) -> list[Record]:
+    """The prompts of one RL step. ``balanced``: categories in turn (each round shuffled), a
+    random prompt of each, so every category gets the same share of updates, as it has the same
+    weight in the benchmark's overall score; ``uniform``: n distinct prompts, categories in
+    proportion to the prompt set (the default set is 82% color_attr)."""
+    if mix == "uniform":
+        return rng.sample(list(prompts), min(n, len(prompts)))
+    by_tag: dict[str, list[Record]] = {}
+    for record in prompts:
+        by_tag.setdefault(record["tag"], []).append(record)
+    tags = sorted(by_tag)
+    order: list[str] = []
+    while len(order) < n:
+        order += rng.sample(tags, len(tags))
+    return [rng.choice(by_tag[tag]) for tag in order[:n]]
+
+
 def train_grpo(
     run: RLRun,
     params: RLParams,
@@ -115,7 +132,7 @@ def train_grpo(
     result = RLResult(params.steps, start, 0.0)
     for step in tqdm(range(start, params.steps), initial=start, total=params.steps, desc="rl"):
         rng = random.Random(f"{run.seed}/rl/{step}")
-        records = rng.sample(run.prompts, min(params.prompts_per_step, len(run.prompts)))
+        records = draw_prompts(run.prompts, params.prompts_per_step, rng, params.prompt_mix)
         rows = [r for r in records for _ in range(params.group_size)]
         lm.eval()
         codes = generate_images(lm, tokenizer, [r["prompt"] for r in records], params.group_size, s.cfg_scale,

@@ -22,11 +22,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from selftok import promotion, tracking
-from selftok.config import params_hash
+from selftok.config import Params, params_hash
 from selftok.data.codes import load_codes
-from selftok.data.dataset import ImageSet, load_split, to_uint8
-from selftok.data.scenes import CATEGORIES
+from selftok.data.dataset import ImageSet, load_split, to_uint8, to_unit
+from selftok.data.scenes import CATEGORIES, SceneGenerator
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
+from selftok.eval.geneval import render_prompts, scene_config
 from selftok.eval.reconstruction import reconstruction_table, row
 from selftok.eval.report import IMAGES, REPORTS, build_report
 from selftok.rl.grpo import token_entropy
@@ -40,6 +41,7 @@ from selftok.tokenizer.quantizer import code_usage
 from selftok.viz import image_grid
 from selftok.vlm.decode import render_fn
 from selftok.vlm.model import SelftokVLM
+from selftok.vlm.params import SamplingParams
 from selftok.vlm.scores import comprehension, generation
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ class ArmScores:
 def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: ImageSet, records: list[dict[str, Any]]) -> ArmScores:
     """Reconstruction by prefix, GenEval-style generation of the pretrained and RL models, RL gain
     per category, caption accuracy and next-token entropy by position; images go to the report."""
-    params, sampling, seed = ctx.params.evaluate, ctx.params.vlm.sampling, ctx.params.seed
+    params, sampling, seed = ctx.params.evaluate, benchmark_sampling(ctx.params), ctx.params.seed
     images_dir = ctx.path(IMAGES)
     tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)
     with_diffusion = isinstance(tokenizer, SelftokTokenizer)  # the spatial decoder is its renderer
@@ -110,14 +112,16 @@ def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: Image
     image_grid(strip, columns=8, scale=3).save(images_dir / f"reconstruction_by_prefix{arm.suffix}.png")
 
     decode = render_fn(tokenizer)  # the tokenizer loaded above, with its renderer
+    n = sampling.samples_per_prompt
+    _, real, _ = render_prompts(records, SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed), n)
+    real = decode(torch.cat([tokenizer.encode(to_unit(real[i : i + 256])) for i in range(0, len(real), 256)]))
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
     for name, vlm in vlms.items():
         gen[name], images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
         gen[name].pop("images", None)
-        gen[name]["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), sampling.samples_per_prompt)
-        n = sampling.samples_per_prompt
+        gen[name]["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), n)
         picks = torch.cat([images[i * n : (i + 1) * n] for i in range(0, len(records), max(1, len(records) // 12))][:12])
         image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation{arm.suffix}_{name}.png")
         entropy[name] = entropy_by_position(vlm, codes.captions, codes.codes)
@@ -129,6 +133,9 @@ def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: Image
         "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size),
         "generation": gen,
         "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]},
+        # what the generations' diversity is measured against: real renders of the same prompts,
+        # through this tokenizer (a right answer varies only in layout, so spread falls as scores rise)
+        "diversity_reference": diversity(to_uint8(real).flatten(1), evaluator.features(real), n),
         "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
         "ar_probe": {"entropy_first": pretrained[0], "entropy_last": pretrained[-1], "entropy_mean": sum(pretrained) / k_all,
                      "entropy_by_position": {str(i + 1): e for i, e in enumerate(pretrained)}},
@@ -199,7 +206,13 @@ def _column(arm: str, model: str) -> str:
     return model if arm == SELFTOK.name else f"{arm}_{model}"
 
 
+def benchmark_sampling(params: Params) -> SamplingParams:
+    """The VLM's sampling recipe with the benchmark's number of images per prompt."""
+    sampling, n = params.vlm.sampling, params.evaluate.samples_per_prompt
+    return sampling if n is None else sampling.model_copy(update={"samples_per_prompt": n})
+
+
 def _benchmark_hash(ctx: StageContext, records: list[dict[str, Any]]) -> str:
     """Same prompts, same sampling recipe, same judge: scores under one hash are comparable."""
     judge = tracking.file_hash(ctx.path("models/evaluator"))
-    return params_hash({"records": records, "sampling": ctx.params.vlm.sampling.model_dump(mode="json"), "judge": judge})
+    return params_hash({"records": records, "sampling": benchmark_sampling(ctx.params).model_dump(mode="json"), "judge": judge})

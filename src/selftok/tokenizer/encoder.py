@@ -37,7 +37,11 @@ class LinearStem(nn.Linear):
 
 class ConvStem(nn.Module):
     """[B, C, S, S] -> [B, (S/p)^2, width]: two 3x3 convs per resolution, halving it log2(p)
-    times (the "early convolutions" stem), so outline features exist before attention mixes."""
+    times (the "early convolutions" stem), so outline features exist before attention mixes.
+
+    The output is layer-normalised: without it the stem's features came out at 1/8 the scale of
+    the position embedding they are added to, the encoder read mostly position, and the trained
+    tokenizer lost colours and 3 dB (docs/tokenizer_ablation.md)."""
 
     def __init__(self, channels: int, width: int, patch: int) -> None:
         super().__init__()
@@ -51,9 +55,10 @@ class ConvStem(nn.Module):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(b, b, 3, padding=1), nn.GELU()]
         layers.append(nn.Conv2d(widths[-1], width, 1))
         self.net = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten(2).transpose(1, 2)
+        return self.norm(self.net(x).flatten(2).transpose(1, 2))
 
 
 STEMS = {"linear": LinearStem, "conv": ConvStem}
@@ -84,12 +89,17 @@ class Encoder(nn.Module):
         for block in self.blocks:
             block.zero_init(open_gates=True)  # identity blocks would give every image the same codes at init
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, S, S] in input space -> [B, K, width]."""
+    def streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, C, S, S] -> the patch stream [B, (S/p)^2, width] and the query stream [B, K, width]
+        after the last block, before the final norm (scripts/encoder_probe.py reads both)."""
         b = x.shape[0]
         h = torch.cat([self.embed(x) + self.pos, self.queries.expand(b, -1, -1)], dim=1)
         cond = torch.cat([self.patch_cond.expand(self.num_patches, -1), self.query_index])[None]
         for block in self.blocks:
             q, k, v, mods = block.pre(h, cond)
             h = block.post(h, attention(q, k, v, self.mask), mods)
-        return self.norm(h[:, self.num_patches :])
+        return h[:, : self.num_patches], h[:, self.num_patches :]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, S, S] in input space -> [B, K, width]."""
+        return self.norm(self.streams(x)[1])
