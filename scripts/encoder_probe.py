@@ -67,7 +67,7 @@ class EncoderProbe(nn.Module):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stem", choices=["linear", "conv"], default="linear")
+    ap.add_argument("--stem", choices=["linear", "conv", "hybrid"], default="linear")
     ap.add_argument("--read", choices=["queries", "patches", "stem"], default="queries")
     ap.add_argument("--head", choices=["max", "flatten"], default="max")
     ap.add_argument("--cnn", action="store_true", help="the reference CNN instead of the tokenizer encoder")

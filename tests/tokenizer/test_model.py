@@ -110,7 +110,7 @@ def test_renderer_starts_as_the_one_step_decoder(tiny_config: TokenizerConfig) -
     assert torch.allclose(renderer(tokens), -v, atol=1e-5)  # x0 = x_t - v at t = 1 with x_t = 0
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv"])
+@pytest.mark.parametrize("stem", ["linear", "conv", "hybrid"])
 def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_path: Path, stem: str) -> None:
     tiny_config = dataclasses.replace(tiny_config, encoder_stem=stem)
     model = _perturbed_model(tiny_config)
@@ -132,16 +132,21 @@ def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_
 
 
 def test_encoder_stems(tiny_config: TokenizerConfig) -> None:
-    """Both stems give one feature per patch; the linear stem keeps the pre-stem weight names
-    (models saved before stems existed still load); the conv stem needs a power-of-two patch."""
+    """Every stem gives one feature per patch; the linear stem keeps the pre-stem weight names
+    (models saved before stems existed still load); the conv stem needs a power-of-two patch;
+    the hybrid stem starts out as its linear part."""
     images = torch.rand(2, 3, 8, 8) * 2 - 1
-    for stem in ("linear", "conv"):
+    for stem in ("linear", "conv", "hybrid"):
         encoder = SelftokTokenizer(dataclasses.replace(tiny_config, encoder_stem=stem)).encoder
         patches = (8 // tiny_config.encoder_patch) ** 2
         assert encoder.embed(images).shape == (2, patches, tiny_config.encoder_width)
         assert encoder(images).shape == (2, tiny_config.num_tokens, tiny_config.encoder_width)
     linear = SelftokTokenizer(tiny_config).state_dict()
     assert "encoder.embed.weight" in linear and "encoder.embed.bias" in linear
+    hybrid = SelftokTokenizer(dataclasses.replace(tiny_config, encoder_stem="hybrid")).encoder.embed
+    torch.testing.assert_close(hybrid(images), hybrid.linear(images))
+    hybrid.gate.data.fill_(1.0)
+    torch.testing.assert_close(hybrid(images), hybrid.linear(images) + hybrid.conv(images))
     with pytest.raises(ValueError, match="power-of-two"):
         SelftokTokenizer(dataclasses.replace(tiny_config, image_size=12, encoder_patch=3, decoder_patch=3, encoder_stem="conv"))
 

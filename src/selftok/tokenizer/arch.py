@@ -16,7 +16,7 @@ ScheduleKind = Literal["custom", "uniform"]  # see selftok.tokenizer.schedule
 Objective = Literal["velocity", "x0"]
 InputSpace = Literal["pixels", "vae"]
 CodeNormKind = Literal["batch", "none"]  # see selftok.tokenizer.quantizer.CodeNorm
-EncoderStem = Literal["linear", "conv"]  # see selftok.tokenizer.encoder
+EncoderStem = Literal["linear", "conv", "hybrid"]  # see selftok.tokenizer.encoder
 
 # Widths/depths per named size; the CPU default is "T" (METHOD.md section 7 prototype).
 SIZES: dict[str, dict[str, int]] = {

@@ -61,7 +61,22 @@ class ConvStem(nn.Module):
         return self.norm(self.net(x).flatten(2).transpose(1, 2))
 
 
-STEMS = {"linear": LinearStem, "conv": ConvStem}
+class HybridStem(nn.Module):
+    """The linear stem plus the conv stem behind a per-channel gate that starts at zero: it
+    starts as the linear stem (pixel values reach the tokens through a linear path, which is how
+    colours come for free) and mixes in outline features as training finds them useful."""
+
+    def __init__(self, channels: int, width: int, patch: int) -> None:
+        super().__init__()
+        self.linear = LinearStem(channels, width, patch)
+        self.conv = ConvStem(channels, width, patch)
+        self.gate = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.gate * self.conv(x)
+
+
+STEMS = {"linear": LinearStem, "conv": ConvStem, "hybrid": HybridStem}
 
 
 class Encoder(nn.Module):
