@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tokenizer_ablation import parse_sets, scenes
+from torch import nn
 
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.params import TokenizerParams

@@ -22,5 +22,5 @@ def test_override_changes_only_the_count() -> None:
 
 
 def test_zero_samples_is_refused_by_name() -> None:
-    with pytest.raises(ConfigError, match="evaluate.samples_per_prompt"):
+    with pytest.raises(ConfigError, match=r"evaluate\.samples_per_prompt"):
         parse_params({"evaluate": {"samples_per_prompt": 0}})
