@@ -1,9 +1,10 @@
 """Encoder: input patches plus K learnable queries -> K continuous vectors (no spatial layout).
 
-Patches are embedded by a linear map of their pixels (ViT) or by a small strided conv stem.
+Patches are embedded by a linear map of their pixels (ViT), a small strided conv stem, or both.
 The linear stem sees colour at once but not outline: trained *supervised* on which shapes a
 scene holds, the size-T encoder with it is barely above the majority baseline after 600 steps
-(72% vs 70%) while colours are perfect after 150 (docs/tokenizer_ablation.md).
+(72% vs 70%) while colours are perfect after 150. With the conv stem the patch stream holds
+shape (96%) but the K queries still read out only 75% (docs/tokenizer_ablation.md).
 
 Patches attend only to patches and queries attend to [patches, queries] (one-way), so the
 patch features are a plain ViT of the image and the queries read from it. Each query position
