@@ -61,6 +61,9 @@ def test_metrics_contract(smoke) -> None:
     nested = json.loads((project / "metrics" / "evaluate.json").read_text())
     for arm in (nested, nested["control"]["spatial"]):
         assert list(arm["tokenizer"]["prefix_psnr"]) == ["1", "2", "4", "8"]  # smoke K = 8
+        reference, rl = arm["diversity_reference"], arm["generation"]["rl"]["diversity"]
+        assert 0 < reference["distinct_codes"] <= 1 and reference["feature_spread"] > 0  # computed from real renders
+        assert set(reference) == set(rl)  # measured the same way as the generations it is compared with
         entropy = arm["ar_probe"]["entropy_by_position"]
         assert list(entropy) == [str(i) for i in range(1, 9)] and all(0 <= e <= math.log(64) + 1e-6 for e in entropy.values())
 
@@ -76,6 +79,7 @@ def test_report_is_self_contained(smoke) -> None:
         assert f"images/{image.name}" in text
     assert "Promotion" in text and "Reconstruction by prefix" in text and "spatial-token control" in text
     assert "<td>rl_gain.overall</td>" in text
+    assert "<td>feature spread per prompt</td>" in text and "<th>real renders</th>" in text
 
 
 def test_runs_nest_and_registry_has_aliases(smoke) -> None:

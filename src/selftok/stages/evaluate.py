@@ -36,6 +36,7 @@ from selftok.stages.arms import ARMS, SELFTOK, Arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.train_tokenizer import write_csv
+from selftok.tokenizer.metrics import batched
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.quantizer import code_usage
 from selftok.viz import image_grid
@@ -99,9 +100,12 @@ class ArmScores:
     entropy: dict[str, list[float]]  # model -> next-token entropy per position
 
 
-def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: ImageSet, records: list[dict[str, Any]]) -> ArmScores:
+def score_arm(
+    ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: ImageSet, records: list[dict[str, Any]], renders: torch.Tensor
+) -> ArmScores:
     """Reconstruction by prefix, GenEval-style generation of the pretrained and RL models, RL gain
-    per category, caption accuracy and next-token entropy by position; images go to the report."""
+    per category, caption accuracy and next-token entropy by position; images go to the report.
+    ``renders``: uint8 real renders of ``records`` (prompt-major), the diversity reference."""
     params, sampling, seed = ctx.params.evaluate, benchmark_sampling(ctx.params), ctx.params.seed
     images_dir = ctx.path(IMAGES)
     tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)
@@ -113,8 +117,7 @@ def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: Image
 
     decode = render_fn(tokenizer)  # the tokenizer loaded above, with its renderer
     n = sampling.samples_per_prompt
-    _, real, _ = render_prompts(records, SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed), n)
-    real = decode(torch.cat([tokenizer.encode(to_unit(real[i : i + 256])) for i in range(0, len(real), 256)]))
+    real = batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)  # through this tokenizer
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
@@ -149,7 +152,9 @@ def run(ctx: StageContext) -> Metrics:
     val = load_split(ctx.root, "val", limit=params.val_images)
     evaluator = SceneEvaluator.load(ctx.path("models/evaluator"))
     records = heldout_records(ctx)
-    arms = {name: score_arm(ctx, arm, evaluator, val, records) for name, arm in ARMS.items()}
+    generator = SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed)
+    _, renders, _ = render_prompts(records, generator, benchmark_sampling(ctx.params).samples_per_prompt)
+    arms = {name: score_arm(ctx, arm, evaluator, val, records, renders) for name, arm in ARMS.items()}
     selftok = arms[SELFTOK.name]
 
     # --- the judge on held-out real renders -------------------------------------------------
