@@ -66,7 +66,8 @@ class ConvStem(nn.Module):
 class HybridStem(nn.Module):
     """The linear stem plus the conv stem behind a per-channel gate that starts at zero: it
     starts as the linear stem (pixel values reach the tokens through a linear path, which is how
-    colours come for free) and mixes in outline features as training finds them useful."""
+    colours come for free) and mixes in outline features as training finds them useful. A gate
+    opened from the start (1.0) trained worse, not better (docs/tokenizer_ablation.md)."""
 
     def __init__(self, channels: int, width: int, patch: int) -> None:
         super().__init__()
