@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from selftok.rl.grpo import group_advantages, grpo_loss, k3_kl, token_entropy
+from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
 
 
 def test_group_advantages_by_hand() -> None:
@@ -37,11 +37,37 @@ def test_k3_is_unbiased_for_kl() -> None:
     assert abs(float(estimate - exact)) < 0.01
 
 
+def test_exact_kl_by_hand() -> None:
+    pi, ref = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.3, 0.3, 0.4])
+    expected = sum(p * math.log(p / q) for p, q in zip(pi.tolist(), ref.tolist(), strict=True))
+    assert float(exact_kl(pi.log(), ref.log())) == pytest.approx(expected, rel=1e-5)
+    logits = torch.randn(4, 6, 10)
+    assert torch.allclose(exact_kl(logits, logits), torch.zeros(4, 6), atol=1e-6)
+    assert exact_kl(logits, torch.randn(4, 6, 10)).shape == (4, 6)
+
+
+def test_exact_kl_sees_mass_moved_off_the_sampled_tokens() -> None:
+    """Raising a token the sampler never draws: k3 on the drawn token barely moves, the exact KL does."""
+    ref = torch.tensor([0.0, 0.0, -8.0])
+    drifted = torch.zeros(3)  # token 2 (never drawn) went from 0.03% to a third of the mass
+    drawn = torch.tensor(0)
+    k3 = k3_kl(torch.log_softmax(drifted, -1)[drawn], torch.log_softmax(ref, -1)[drawn])
+    assert float(k3) < 0.1 and float(exact_kl(drifted, ref)) > 2.0
+
+
+def test_kl_gradient_pulls_towards_the_reference() -> None:
+    logits = torch.tensor([[[2.0, 0.0, -1.0]]], requires_grad=True)
+    logp = torch.log_softmax(logits, -1)[..., 0]
+    parts = grpo_loss(logp, logp.detach(), exact_kl(logits, torch.zeros(1, 1, 3)), torch.zeros(1), beta=1.0, clip=0.2)
+    parts.loss.backward()
+    assert logits.grad[0, 0, 0] > 0 and logits.grad[0, 0, 2] < 0  # descent flattens towards the uniform reference
+
+
 def test_loss_gradient_pushes_up_positive_advantages() -> None:
     logits = torch.zeros(2, 3, 5, requires_grad=True)
     tokens = torch.tensor([[0, 1, 2], [3, 4, 0]])
     logp = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    parts = grpo_loss(logp, logp.detach(), logp.detach(), torch.tensor([1.0, -1.0]), beta=0.04, clip=0.2)
+    parts = grpo_loss(logp, logp.detach(), k3_kl(logp, logp.detach()), torch.tensor([1.0, -1.0]), beta=0.04, clip=0.2)
     parts.loss.backward()
     assert float(parts.kl) == 0.0 and float(parts.clipped_fraction) == 0.0
     assert (logits.grad[0].gather(-1, tokens[0].unsqueeze(-1)) < 0).all()  # descent raises these

@@ -6,9 +6,12 @@ reward standardised within its group, shared by every visual token of that sampl
     - mean_i mean_k [ min(r_ik A_i, clip(r_ik, 1-eps, 1+eps) A_i) ] + beta * mean_i mean_k KL_ik
 
 with r_ik = pi(v_k | prefix) / pi_old(v_k | prefix) (exactly 1 in value, with the gradient of
-log pi, when each batch is used for a single update, i.e. plain policy gradient) and KL the k3
-estimator against a frozen reference policy: exp(ref - logp) - (ref - logp) - 1, which is
-non-negative and unbiased for KL(pi || ref).
+log pi, when each batch is used for a single update, i.e. plain policy gradient) and KL_ik a
+per-token KL(pi || ref) against a frozen reference policy, either the k3 estimator on the sampled
+token, exp(ref - logp) - (ref - logp) - 1 (non-negative, unbiased when tokens are drawn from pi),
+or the exact sum over the whole visual vocabulary. The exact form matters when tokens are drawn
+from another distribution than pi (CFG, min-p): k3 then never sees the mass pi moves onto tokens
+the sampler does not draw.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
+def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(pi || ref) summed over the vocabulary: logits [..., V] -> [...]."""
+    logp, ref_logp = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1)
+
+
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of each position's distribution: logits [..., V] -> [...]."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -54,24 +63,25 @@ class LossParts:
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
-    ref_logp: torch.Tensor | None,
+    kl: torch.Tensor | None,
     advantages: torch.Tensor,
     beta: float,
     clip: float,
     mask: torch.Tensor | None = None,
 ) -> LossParts:
-    """logp/old_logp/ref_logp [N, K] for the sampled visual tokens; advantages [N]."""
+    """logp/old_logp [N, K] for the sampled visual tokens; kl [N, K] per token (None: no penalty);
+    advantages [N]."""
     mask = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp.detach())
     adv = advantages.detach().unsqueeze(1)
     unclipped, clipped = ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv
     per_token = -torch.minimum(unclipped, clipped)
-    kl = k3_kl(logp, ref_logp.detach()) if ref_logp is not None and beta > 0 else torch.zeros_like(logp)
+    kl = torch.zeros_like(logp) if kl is None or beta == 0 else kl
     per_sample = ((per_token + beta * kl) * mask).sum(1) / mask.sum(1).clamp_min(1)
     denominator = mask.sum().clamp_min(1)
     return LossParts(
         loss=per_sample.mean(),
         policy=(per_token * mask).sum() / denominator,
-        kl=(kl * mask).sum() / denominator,
+        kl=((kl * mask).sum() / denominator).detach(),
         clipped_fraction=((unclipped != clipped).to(logp.dtype) * mask).sum() / denominator,
     )

@@ -14,6 +14,7 @@ from selftok.schema import StrictModel
 
 Positive = Annotated[int, Field(ge=1)]
 PromptMix = Literal["balanced", "uniform"]
+KLEstimator = Literal["k3", "exact"]
 
 
 class RLParams(StrictModel):
@@ -22,9 +23,12 @@ class RLParams(StrictModel):
     prompt_mix: PromptMix = "balanced"  # balanced: categories in turn (as the benchmark weighs them) | uniform
     group_size: int = Field(8, ge=2)  # G images per prompt (paper 24)
     lr: float = Field(5e-5, gt=0.0, le=1.0)
+    lr_decay: Literal["cosine", "constant"] = "constant"  # cosine: down to 10% of lr at the last step
+    warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
-    beta: float = Field(0.04, ge=0.0)  # k3 KL weight against the frozen reference (paper 0.04-0.05)
+    beta: float = Field(0.04, ge=0.0)  # KL weight against the frozen reference (paper 0.04-0.05)
+    kl_estimator: KLEstimator = "k3"  # k3 on the sampled token | exact: summed over the visual vocabulary
     clip: float = Field(0.2, gt=0.0, lt=1.0)  # ratio clipping, active when updates_per_batch > 1
     updates_per_batch: Positive = 1  # >1: the old-policy variant (PPO-style ratios on reused samples)
     advantage_eps: float = Field(1e-4, gt=0.0)

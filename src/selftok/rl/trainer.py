@@ -24,9 +24,10 @@ from transformers import PreTrainedModel
 
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import judge_images
-from selftok.rl.grpo import group_advantages, grpo_loss, token_entropy
+from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
 from selftok.rl.params import PromptMix, RLParams
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from selftok.tokenizer.train import lr_factor
 from selftok.vlm.generate import generate_images
 from selftok.vlm.params import SamplingParams
 from selftok.vlm.sequences import left_pad, t2i_prompt
@@ -131,6 +132,8 @@ def train_grpo(
     started = time.perf_counter()
     result = RLResult(params.steps, start, 0.0)
     for step in tqdm(range(start, params.steps), initial=start, total=params.steps, desc="rl"):
+        for group in optimizer.param_groups:
+            group["lr"] = params.lr * lr_factor(step, params.steps, params.warmup_steps, params.lr_decay)
         rng = random.Random(f"{run.seed}/rl/{step}")
         records = draw_prompts(run.prompts, params.prompts_per_step, rng, params.prompt_mix)
         rows = [r for r in records for _ in range(params.group_size)]
@@ -142,13 +145,14 @@ def train_grpo(
         advantages = group_advantages(rewards, params.group_size, params.advantage_eps)
         captions = tokenizer.encode_text([r["prompt"] for r in rows])
         with torch.no_grad():
-            ref_logp = logprobs(visual_logits(reference, tokenizer, captions, codes), codes) if reference else None
+            ref_logits = visual_logits(reference, tokenizer, captions, codes) if reference else None
             old_logp = logprobs(visual_logits(lm, tokenizer, captions, codes), codes) if params.updates_per_batch > 1 else None
         lm.train()
         for _ in range(params.updates_per_batch):
             logits = visual_logits(lm, tokenizer, captions, codes)
             logp = logprobs(logits, codes)
-            parts = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), ref_logp, advantages.to(logp.device),
+            kl = _kl(params.kl_estimator, logits, logp, codes, ref_logits)
+            parts = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), kl, advantages.to(logp.device),
                               params.beta, params.clip)
             optimizer.zero_grad(set_to_none=True)
             parts.loss.backward()
@@ -160,6 +164,8 @@ def train_grpo(
             "correct": sum(correct) / len(correct),
             "loss": float(parts.loss.detach()),
             "kl": float(parts.kl),
+            **({"kl_exact": float(exact_kl(logits.detach(), ref_logits).mean())} if ref_logits is not None else {}),
+            "lr": optimizer.param_groups[0]["lr"],
             "clipped_fraction": float(parts.clipped_fraction),
             "grad_norm": float(grad_norm),
             "entropy_first_token": float(entropy[0]),
@@ -177,6 +183,15 @@ def train_grpo(
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer, {"seed": run.seed})
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _kl(estimator: str, logits: torch.Tensor, logp: torch.Tensor, codes: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-token KL(pi || ref) [N, K] by the chosen estimator, None without a reference."""
+    if ref_logits is None:
+        return None
+    if estimator == "exact":
+        return exact_kl(logits, ref_logits)
+    return k3_kl(logp, logprobs(ref_logits, codes))
 
 
 def _by_category(rows: Sequence[Record], rewards: torch.Tensor) -> dict[str, float]:
