@@ -19,6 +19,7 @@ KLEstimator = Literal["k3", "exact"]
 
 class RLParams(StrictModel):
     steps: Positive = 60
+    seed: int | None = None  # prompt draws and samples; None: the global seed (which also splits the prompts)
     prompts_per_step: Positive = 8
     prompt_mix: PromptMix = "balanced"  # balanced: categories in turn (as the benchmark weighs them) | uniform
     group_size: int = Field(8, ge=2)  # G images per prompt (paper 24)

@@ -41,14 +41,15 @@ def run(ctx: StageContext) -> Metrics:
     evaluator = SceneEvaluator.load(ctx.path(EVALUATOR))
     vlm = SelftokVLM.from_pretrained(ctx.path(arm.vlm))
     params = ctx.params.rl
-    torch.manual_seed(ctx.params.seed)
+    seed = ctx.params.seed if params.seed is None else params.seed
+    torch.manual_seed(seed)
 
     def on_samples(step: int, images: torch.Tensor) -> None:
         ctx.log_image(image_grid(to_uint8(images), columns=params.group_size, scale=3), f"rl_samples/step_{step:05d}.png")
 
     result = train_grpo(
         RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator), evaluator.features, prompt_sets(ctx.params)["train"],
-              ctx.params.vlm.sampling, ctx.params.seed),
+              ctx.params.vlm.sampling, seed),
         params,
         ctx.path(arm.rl_checkpoints),
         on_log=lambda step, logs: ctx.log_metrics({"rl": logs}, step),
