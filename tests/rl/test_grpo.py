@@ -49,10 +49,10 @@ def test_exact_kl_by_hand() -> None:
 def test_exact_kl_sees_mass_moved_off_the_sampled_tokens() -> None:
     """Raising a token the sampler never draws: k3 on the drawn token barely moves, the exact KL does."""
     ref = torch.tensor([0.0, 0.0, -8.0])
-    drifted = torch.zeros(3)  # token 2 (never drawn) went from 0.03% to a third of the mass
+    drifted = torch.zeros(3)  # token 2 (never drawn) went from 0.02% to a third of the mass
     drawn = torch.tensor(0)
     k3 = k3_kl(torch.log_softmax(drifted, -1)[drawn], torch.log_softmax(ref, -1)[drawn])
-    assert float(k3) < 0.1 and float(exact_kl(drifted, ref)) > 2.0
+    assert float(k3) < 0.15 and float(exact_kl(drifted, ref)) > 2.0  # ~0.095 against ~2.26
 
 
 def test_kl_gradient_pulls_towards_the_reference() -> None:

@@ -1,8 +1,10 @@
 """The GRPO loop on a tiny Llama: a simple reward must go up, and a killed run resumes."""
 
+import itertools
 import random
 from pathlib import Path
 
+import pytest
 import torch
 
 from selftok.rl.params import RLParams
@@ -45,6 +47,18 @@ def test_grpo_raises_a_simple_reward(tmp_path: Path) -> None:
     assert last > first + 0.15, (first, last)
     assert target_probability(run) > before + 0.15
     assert all(h["kl"] >= 0 for h in result.history)
+
+
+def test_exact_kl_and_cosine_schedule_in_the_loop(tmp_path: Path) -> None:
+    params = RLParams(steps=6, prompts_per_step=2, group_size=4, lr=3e-3, beta=0.5, kl_estimator="exact", lr_decay="cosine",
+                      warmup_steps=2, checkpoint_every=100)
+    history = train_grpo(tiny_run(), params, tmp_path / "ckpt").history
+    lrs = [h["lr"] for h in history]
+    assert lrs[:3] == pytest.approx([1.5e-3, 3e-3, 3e-3])  # warmup, then the cosine starts at the peak
+    assert all(a > b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] > 0.1 * 3e-3  # towards 10%
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step samples from the reference itself
+    assert all(h["kl"] == pytest.approx(h["kl_exact"], rel=1e-4) for h in history)  # the penalised KL is the exact one
+    assert history[-1]["kl_exact"] > 0
 
 
 def test_killed_run_resumes_from_checkpoint(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def grpo_loss(
     denominator = mask.sum().clamp_min(1)
     return LossParts(
         loss=per_sample.mean(),
-        policy=(per_token * mask).sum() / denominator,
+        policy=((per_token * mask).sum() / denominator).detach(),
         kl=((kl * mask).sum() / denominator).detach(),
         clipped_fraction=((unclipped != clipped).to(logp.dtype) * mask).sum() / denominator,
     )

@@ -3,7 +3,7 @@ and push the policy towards the better members of each group (METHOD.md section 
 
 The policy of a visual token is the model's conditional distribution over the visual
 vocabulary at that position (temperature 1, no guidance); samples are drawn with the
-evaluation recipe (CFG, temperature, top-k) as Selftok-Zero does, and the gradient flows
+evaluation recipe (CFG, temperature, top-k, min-p) as Selftok-Zero does, and the gradient flows
 through the conditional log-probabilities of the drawn tokens.
 """
 
@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import judge_images
 from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
-from selftok.rl.params import PromptMix, RLParams
+from selftok.rl.params import KLEstimator, PromptMix, RLParams
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from selftok.tokenizer.train import lr_factor
 from selftok.vlm.generate import generate_images
@@ -185,7 +185,7 @@ def train_grpo(
     return result
 
 
-def _kl(estimator: str, logits: torch.Tensor, logp: torch.Tensor, codes: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor | None:
+def _kl(estimator: KLEstimator, logits: torch.Tensor, logp: torch.Tensor, codes: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor | None:
     """Per-token KL(pi || ref) [N, K] by the chosen estimator, None without a reference."""
     if ref_logits is None:
         return None

@@ -72,6 +72,7 @@ def run(ctx: StageContext) -> Metrics:
             "reward_first5": mean(first, "reward"),
             "reward_last5": mean(last, "reward"),
             "kl_last5": mean(last, "kl"),
+            "kl_exact_last5": mean(last, "kl_exact"),
             "distinct_codes_last5": mean(last, "distinct_codes"),
             "feature_spread_first5": mean(first, "feature_spread"),
             "feature_spread_last5": mean(last, "feature_spread"),
