@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
+
+LRDecay = Literal["cosine", "constant"]  # after warmup: cosine towards 10% of the lr, or constant
 
 
 class StrictModel(BaseModel):

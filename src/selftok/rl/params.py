@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from selftok.schema import StrictModel
+from selftok.schema import LRDecay, StrictModel
 
 Positive = Annotated[int, Field(ge=1)]
 PromptMix = Literal["balanced", "uniform"]
@@ -24,7 +24,7 @@ class RLParams(StrictModel):
     prompt_mix: PromptMix = "balanced"  # balanced: categories in turn (as the benchmark weighs them) | uniform
     group_size: int = Field(8, ge=2)  # G images per prompt (paper 24)
     lr: float = Field(5e-5, gt=0.0, le=1.0)
-    lr_decay: Literal["cosine", "constant"] = "constant"  # cosine: towards 10% of lr over the run
+    lr_decay: LRDecay = "constant"
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)

@@ -146,12 +146,13 @@ def train_grpo(
         captions = tokenizer.encode_text([r["prompt"] for r in rows])
         with torch.no_grad():
             ref_logits = visual_logits(reference, tokenizer, captions, codes) if reference else None
+            ref_logp = logprobs(ref_logits, codes) if ref_logits is not None else None
             old_logp = logprobs(visual_logits(lm, tokenizer, captions, codes), codes) if params.updates_per_batch > 1 else None
         lm.train()
         for _ in range(params.updates_per_batch):
             logits = visual_logits(lm, tokenizer, captions, codes)
             logp = logprobs(logits, codes)
-            kl = _kl(params.kl_estimator, logits, logp, codes, ref_logits)
+            kl = _kl(params.kl_estimator, logits, logp, ref_logits, ref_logp)
             parts = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), kl, advantages.to(logp.device),
                               params.beta, params.clip)
             optimizer.zero_grad(set_to_none=True)
@@ -185,13 +186,12 @@ def train_grpo(
     return result
 
 
-def _kl(estimator: KLEstimator, logits: torch.Tensor, logp: torch.Tensor, codes: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor | None:
+def _kl(estimator: KLEstimator, logits: torch.Tensor, logp: torch.Tensor, ref_logits: torch.Tensor | None,
+        ref_logp: torch.Tensor | None) -> torch.Tensor | None:
     """Per-token KL(pi || ref) [N, K] by the chosen estimator, None without a reference."""
-    if ref_logits is None:
+    if ref_logits is None or ref_logp is None:
         return None
-    if estimator == "exact":
-        return exact_kl(logits, ref_logits)
-    return k3_kl(logp, logprobs(ref_logits, codes))
+    return exact_kl(logits, ref_logits) if estimator == "exact" else k3_kl(logp, ref_logp)
 
 
 def _by_category(rows: Sequence[Record], rewards: torch.Tensor) -> dict[str, float]:

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from selftok.schema import StrictModel
+from selftok.schema import LRDecay, StrictModel
 from selftok.tokenizer.arch import SIZES, CodeNormKind, EncoderStem, InputSpace, Objective, ScheduleKind, TokenizerConfig
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -57,7 +57,7 @@ class TokenizerParams(SizeOverrides):
     batch_size: Positive = 64
     lr: float = Field(1e-3, gt=0.0, le=1.0)  # encoder, quantiser projection and token stream
     image_lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # image stream lr = lr * this (paper ~0.2)
-    lr_decay: Literal["cosine", "constant"] = "cosine"
+    lr_decay: LRDecay = "cosine"
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder
@@ -106,7 +106,7 @@ class RendererParams(StrictModel):
     steps: Positive = 600
     batch_size: Positive = 64
     lr: float = Field(5e-4, gt=0.0, le=1.0)
-    lr_decay: Literal["cosine", "constant"] = "cosine"
+    lr_decay: LRDecay = "cosine"
     warmup_steps: int = Field(50, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     init_from_decoder: bool = True  # start from the diffusion decoder at t=1 (converges much faster)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
+from selftok.schema import LRDecay
 from selftok.tokenizer.params import EdgeWeight, Fraction, Positive, SizeOverrides
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class SpatialParams(SizeOverrides):
     steps: Positive = 2000
     batch_size: Positive = 64
     lr: float = Field(1e-3, gt=0.0, le=1.0)
-    lr_decay: Literal["cosine", "constant"] = "cosine"
+    lr_decay: LRDecay = "cosine"
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     prefix_dropout: Fraction = 0.2  # share of samples decoded from a random raster prefix

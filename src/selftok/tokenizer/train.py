@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from selftok.data.dataset import to_unit
+from selftok.schema import LRDecay
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from selftok.tokenizer.loss import pixel_loss
 from selftok.tokenizer.model import SelftokTokenizer, StepOutput, own_state
@@ -45,7 +46,7 @@ class Callbacks:
 class LoopConfig:
     steps: int
     batch_size: int
-    lr_decay: str
+    lr_decay: LRDecay
     warmup_steps: int
     grad_clip: float
     checkpoint_every: int
@@ -101,7 +102,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int, worl
     return perm[offset * batch_size : (offset + 1) * batch_size][rank::world]
 
 
-def lr_factor(step: int, total: int, warmup: int, decay: str) -> float:
+def lr_factor(step: int, total: int, warmup: int, decay: LRDecay) -> float:
     if step < warmup:
         return (step + 1) / warmup
     if decay == "constant":

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from selftok.schema import StrictModel
+from selftok.schema import LRDecay, StrictModel
 from selftok.vlm.arch import SIZES
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -68,7 +68,7 @@ class VLMParams(StrictModel):
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.1, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.95)
-    lr_decay: Literal["cosine", "constant"] = "cosine"
+    lr_decay: LRDecay = "cosine"
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
     checkpoint_every: Positive = 250
