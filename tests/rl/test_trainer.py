@@ -1,5 +1,6 @@
 """The GRPO loop on a tiny Llama: a simple reward must go up, and a killed run resumes."""
 
+import dataclasses
 import itertools
 import random
 from pathlib import Path
@@ -8,8 +9,9 @@ import pytest
 import torch
 
 from selftok.rl.params import RLParams
-from selftok.rl.trainer import RLRun, draw_prompts, train_grpo, visual_logits
+from selftok.rl.trainer import RLRun, draw_prompts, policy_logprobs, train_grpo, visual_logits
 from selftok.tokenizer.checkpoint import latest_checkpoint
+from selftok.vlm.generate import generate_images
 from selftok.vlm.model import build_lm
 from selftok.vlm.params import SamplingParams, VLMParams
 from selftok.vlm.vocab import VLMTokenizer
@@ -59,6 +61,43 @@ def test_exact_kl_and_cosine_schedule_in_the_loop(tmp_path: Path) -> None:
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step samples from the reference itself
     assert all(h["kl"] == pytest.approx(h["kl_exact"], rel=1e-4) for h in history)  # the penalised KL is the exact one
     assert history[-1]["kl_exact"] > 0
+
+
+GUIDED = SamplingParams(cfg_scale=3.0, min_p=0.3, top_k=5, temperature=0.8, batch_size=512)
+
+
+def test_guided_policy_is_the_distribution_the_sampler_draws_from() -> None:
+    run = tiny_run()
+    s, n = GUIDED, 4000
+    codes = generate_images(run.lm, run.tokenizer, [PROMPTS[0]["prompt"]], n, s.cfg_scale, s.temperature, s.top_k, 0,
+                            s.batch_size, min_p=s.min_p)
+    captions = run.tokenizer.encode_text([PROMPTS[0]["prompt"]]) * C
+    with torch.no_grad():  # every first code, each followed by anything: position 1 depends on the caption only
+        first = torch.zeros(C, K, dtype=torch.long)
+        first[:, 0] = torch.arange(C)
+        guided = policy_logprobs(run.lm, run.tokenizer, captions, first, s, "guided")[0][:, 0].exp()
+        conditional = policy_logprobs(run.lm, run.tokenizer, captions, first, s, "conditional")[0][:, 0].exp()
+    empirical = torch.bincount(codes[:, 0], minlength=C).float() / n
+    drawn = empirical > 0
+    assert float(guided[drawn].sum()) == pytest.approx(1.0, abs=0.01)  # the drawn codes are the whole support
+    assert torch.allclose(empirical[drawn], guided[drawn], atol=0.03)  # and each is drawn as often as its log-prob says
+    assert (empirical - conditional).abs().max() > 0.05  # the plain conditional is a different distribution
+
+
+def test_guided_policy_keeps_drawn_codes_finite_and_trains_both_branches(tmp_path: Path) -> None:
+    run = tiny_run()
+    captions = run.tokenizer.encode_text([p["prompt"] for p in PROMPTS])
+    codes = torch.randint(0, C, (len(PROMPTS), K))  # includes codes the filters would drop
+    logp, _ = policy_logprobs(run.lm, run.tokenizer, captions, codes, GUIDED, "guided")
+    assert torch.isfinite(logp).all()
+    logp.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in run.lm.parameters() if p.grad is not None)
+
+    run = tiny_run()
+    params = RLParams(steps=25, prompts_per_step=2, group_size=8, lr=3e-3, beta=0.01, policy="guided", checkpoint_every=100)
+    history = train_grpo(dataclasses.replace(run, sampling=GUIDED), params, tmp_path / "ckpt").history
+    first, last = (sum(h["reward"] for h in part) / 5 for part in (history[:5], history[-5:]))
+    assert last > first + 0.15, (first, last)
 
 
 def test_killed_run_resumes_from_checkpoint(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from selftok.schema import LRDecay, StrictModel
 Positive = Annotated[int, Field(ge=1)]
 PromptMix = Literal["balanced", "uniform"]
 KLEstimator = Literal["k3", "exact"]
+PolicyKind = Literal["conditional", "guided"]
 
 
 class RLParams(StrictModel):
@@ -30,6 +31,7 @@ class RLParams(StrictModel):
     grad_clip: float = Field(1.0, gt=0.0)
     beta: float = Field(0.04, ge=0.0)  # KL weight against the frozen reference (paper 0.04-0.05)
     kl_estimator: KLEstimator = "k3"  # k3 on the sampled token | exact: summed over the visual vocabulary
+    policy: PolicyKind = "conditional"  # log-probs of the gradient: conditional model | guided: the sampler's own (on-policy)
     clip: float = Field(0.2, gt=0.0, lt=1.0)  # ratio clipping, active when updates_per_batch > 1
     updates_per_batch: Positive = 1  # >1: the old-policy variant (PPO-style ratios on reused samples)
     advantage_eps: float = Field(1e-4, gt=0.0)

@@ -1,10 +1,12 @@
 """The GRPO loop: sample groups of images per prompt, reward them with the scene evaluator,
 and push the policy towards the better members of each group (METHOD.md section 5).
 
-The policy of a visual token is the model's conditional distribution over the visual
-vocabulary at that position (temperature 1, no guidance); samples are drawn with the
-evaluation recipe (CFG, temperature, top-k, min-p) as Selftok-Zero does, and the gradient flows
-through the conditional log-probabilities of the drawn tokens.
+Samples are drawn with the evaluation recipe (CFG, temperature, top-k, min-p). The policy whose
+log-probabilities of the drawn tokens carry the gradient is ``rl.policy``: ``conditional``, the
+model's own distribution at temperature 1 without guidance (the sampler is then a different
+distribution, and the gradient is off-policy), or ``guided``, the distribution the sampler drew
+from (conditional and unconditional passes, both differentiated), which makes it on-policy. The
+KL penalty and the logged entropy are always on the conditional distribution.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from transformers import PreTrainedModel
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import judge_images
 from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
-from selftok.rl.params import KLEstimator, PromptMix, RLParams
+from selftok.rl.params import KLEstimator, PolicyKind, PromptMix, RLParams
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from selftok.tokenizer.train import lr_factor
-from selftok.vlm.generate import generate_images
+from selftok.vlm.generate import generate_images, sampling_logits
 from selftok.vlm.params import SamplingParams
 from selftok.vlm.sequences import left_pad, t2i_prompt
 from selftok.vlm.vocab import VLMTokenizer
@@ -51,6 +53,21 @@ def visual_logits(lm: PreTrainedModel, tokenizer: VLMTokenizer, captions: Sequen
 
 def logprobs(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, codes.to(logits.device).unsqueeze(-1)).squeeze(-1)
+
+
+def policy_logprobs(lm: PreTrainedModel, tokenizer: VLMTokenizer, captions: Sequence[Sequence[int]], codes: torch.Tensor,
+                    sampling: SamplingParams, policy: PolicyKind) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs [N, K] of the drawn codes under the trained policy, and the conditional logits [N, K, C]."""
+    guided = policy == "guided" and sampling.cfg_scale != 1.0
+    n = len(captions)
+    rows = [*captions, *([[]] * n)] if guided else list(captions)
+    logits = visual_logits(lm, tokenizer, rows, torch.cat([codes, codes]) if guided else codes)
+    cond = logits[:n]
+    if policy == "conditional":
+        return logprobs(cond, codes), cond
+    drawn = sampling_logits(cond, logits[n:] if guided else None, sampling.cfg_scale, sampling.temperature,
+                            sampling.top_k, sampling.min_p, keep=codes.to(cond.device))
+    return logprobs(drawn, codes), cond
 
 
 def diversity(codes: torch.Tensor, features: torch.Tensor, group_size: int) -> dict[str, float]:
@@ -147,12 +164,11 @@ def train_grpo(
         with torch.no_grad():
             ref_logits = visual_logits(reference, tokenizer, captions, codes) if reference else None
             ref_logp = logprobs(ref_logits, codes) if ref_logits is not None else None
-            old_logp = logprobs(visual_logits(lm, tokenizer, captions, codes), codes) if params.updates_per_batch > 1 else None
+            old_logp = policy_logprobs(lm, tokenizer, captions, codes, s, params.policy)[0] if params.updates_per_batch > 1 else None
         lm.train()
         for _ in range(params.updates_per_batch):
-            logits = visual_logits(lm, tokenizer, captions, codes)
-            logp = logprobs(logits, codes)
-            kl = _kl(params.kl_estimator, logits, logp, ref_logits, ref_logp)
+            logp, logits = policy_logprobs(lm, tokenizer, captions, codes, s, params.policy)
+            kl = _kl(params.kl_estimator, logits, logprobs(logits, codes), ref_logits, ref_logp)
             parts = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), kl, advantages.to(logp.device),
                               params.beta, params.clip)
             optimizer.zero_grad(set_to_none=True)

@@ -31,6 +31,33 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tenso
     return cond + (scale - 1.0) * (cond - uncond)
 
 
+def sampling_logits(
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    cfg_scale: float,
+    temperature: float,
+    top_k: int,
+    min_p: float,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The logits visual tokens are drawn from (guidance, min-p, temperature, top-k) over the last
+    dimension: one definition for the sampler and for RL's log-probs of what it drew. ``keep``
+    (indices [...]) stays in the support whatever the filters say, so a drawn token whose
+    probability moved across a cut since it was drawn keeps a finite log-prob."""
+    visual = cond if uncond is None else guide(cond, uncond, cfg_scale)
+    dropped = torch.zeros_like(visual, dtype=torch.bool)
+    if min_p > 0:  # tokens the conditional model finds implausible stay out, whatever guidance says
+        probs = cond.detach().softmax(-1)
+        dropped |= probs < min_p * probs.amax(-1, keepdim=True)
+    visual = visual / temperature
+    if 0 < top_k < visual.shape[-1]:
+        kth = visual.detach().masked_fill(dropped, float("-inf")).topk(top_k, dim=-1).values[..., -1:]
+        dropped |= visual.detach() < kth
+    if keep is not None:
+        dropped &= ~torch.zeros_like(dropped).scatter_(-1, keep.unsqueeze(-1), True)
+    return visual.masked_fill(dropped, float("-inf"))
+
+
 class ImageSpanSampler(LogitsProcessor):
     """Samples v1..vK after [BOV], then closes the span with [EOV]; rows [B:2B] are unconditional."""
 
@@ -62,20 +89,10 @@ class ImageSpanSampler(LogitsProcessor):
             out[:, tk.eov_id if step == tk.num_tokens else tk.eos_id] = 0.0
             return out
         span = slice(tk.visual_offset, tk.visual_offset + tk.num_codes)
-        cond = scores[:b, span].float()
-        if total == 2 * b:
-            visual = guide(cond, scores[b:, span].float(), self.cfg_scale)
-        elif total == b:
-            visual = cond
-        else:
+        if total not in (b, 2 * b):
             raise ValueError(f"expected {b} or {2 * b} rows, got {total}")
-        if self.min_p > 0:  # tokens the conditional model finds implausible stay out, whatever guidance says
-            probs = cond.softmax(-1)
-            visual = visual.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), float("-inf"))
-        visual = visual / self.temperature
-        if 0 < self.top_k < visual.shape[1]:
-            kth = visual.topk(self.top_k, dim=-1).values[:, -1:]
-            visual = visual.masked_fill(visual < kth, float("-inf"))
+        uncond = scores[b:, span].float() if total == 2 * b else None
+        visual = sampling_logits(scores[:b, span].float(), uncond, self.cfg_scale, self.temperature, self.top_k, self.min_p)
         probs = visual.softmax(-1)
         drawn = torch.multinomial(probs.to(self.generator.device), 1, generator=self.generator).to(scores.device)
         out.scatter_(1, (drawn + tk.visual_offset).repeat(total // b, 1), 0.0)
