@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from selftok.rl.params import RLParams
 from selftok.rl.trainer import RLRun, draw_prompts, policy_logprobs, train_grpo, visual_logits
@@ -98,6 +99,19 @@ def test_guided_policy_keeps_drawn_codes_finite_and_trains_both_branches(tmp_pat
     history = train_grpo(dataclasses.replace(run, sampling=GUIDED), params, tmp_path / "ckpt").history
     first, last = (sum(h["reward"] for h in part) / 5 for part in (history[:5], history[-5:]))
     assert last > first + 0.15, (first, last)
+
+
+def test_diversity_guard_stops_a_collapsing_run_and_keeps_its_last_healthy_checkpoint(tmp_path: Path) -> None:
+    run = tiny_run()
+    params = RLParams(steps=80, prompts_per_step=2, group_size=8, lr=2e-2, beta=0.0, checkpoint_every=4, min_distinct=0.9,
+                      guard_window=3)
+    result = train_grpo(run, params, tmp_path / "ckpt")  # "use code 3" pulls every sample onto one sequence
+    assert result.collapsed_at is not None and result.collapsed_at < params.steps
+    assert result.steps % 4 == 0 and result.collapsed_at - 4 <= result.steps < result.collapsed_at
+    distinct = [h["distinct_codes"] for h in result.history]
+    assert sum(distinct[-3:]) / 3 < 0.9 <= min(sum(distinct[i - 3 : i]) / 3 for i in range(3, result.collapsed_at))
+    kept = load_file(str(latest_checkpoint(tmp_path / "ckpt") / "model.safetensors"))
+    assert all(torch.equal(kept[name], value) for name, value in run.lm.state_dict().items())  # the model is that checkpoint
 
 
 def test_killed_run_resumes_from_checkpoint(tmp_path: Path) -> None:

@@ -80,10 +80,19 @@ def diversity(codes: torch.Tensor, features: torch.Tensor, group_size: int) -> d
 
 @dataclass
 class RLResult:
-    steps: int
+    steps: int  # the step of the weights the run ends with
     resumed_from: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    collapsed_at: int | None = None  # the step at which the diversity guard stopped the run
+
+
+def collapsed(history: Sequence[dict[str, float]], min_distinct: float, window: int) -> bool:
+    """The diversity guard: the share of distinct code sequences per group, averaged over the last
+    ``window`` steps, has fallen below ``min_distinct`` (a dip that recovers stays above a low bar)."""
+    if min_distinct <= 0 or len(history) < window:
+        return False
+    return sum(h["distinct_codes"] for h in history[-window:]) / window < min_distinct
 
 
 RewardFn = Callable[[Sequence[Record], torch.Tensor], tuple[torch.Tensor, list[bool]]]
@@ -146,6 +155,8 @@ def train_grpo(
         start, state, _ = load_checkpoint(latest, optimizer)
         lm.load_state_dict(state)
         log.info("rl: resumed from %s (step %d)", latest, start)
+    elif params.min_distinct > 0:  # the guard always has a checkpoint to fall back to
+        save_checkpoint(checkpoints, 0, lm.state_dict(), optimizer, {"seed": run.seed})
     started = time.perf_counter()
     result = RLResult(params.steps, start, 0.0)
     for step in tqdm(range(start, params.steps), initial=start, total=params.steps, desc="rl"):
@@ -196,6 +207,16 @@ def train_grpo(
             on_log(step + 1, logs | {"entropy_by_position": {f"v{i + 1:03d}": float(e) for i, e in enumerate(entropy)}})
         if on_samples and ((step + 1) % params.sample_every == 0 or step == start):
             on_samples(step + 1, images[: 4 * params.group_size])  # the groups of the first 4 prompts
+        if collapsed(result.history, params.min_distinct, params.guard_window):
+            last_healthy = latest_checkpoint(checkpoints)
+            if last_healthy is None:
+                raise RuntimeError(f"{checkpoints}: the diversity guard found no checkpoint to fall back to")
+            result.steps, state, _ = load_checkpoint(last_healthy, optimizer)
+            lm.load_state_dict(state)
+            result.collapsed_at = step + 1
+            log.warning("rl: distinct code sequences fell below %.2f over %d steps at step %d; keeping step %d",
+                        params.min_distinct, params.guard_window, step + 1, result.steps)
+            break
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer, {"seed": run.seed})
     result.seconds = time.perf_counter() - started

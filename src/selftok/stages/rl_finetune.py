@@ -59,7 +59,8 @@ def run(ctx: StageContext) -> Metrics:
     vlm.lm.eval()
     vlm.save_pretrained(ctx.path(arm.vlm_rl))
     tracking.log_model_dir(ctx.path(arm.vlm_rl), arm.registered_vlm)
-    first, last = result.history[:5], result.history[-5:]
+    kept = result.history[: result.steps - result.resumed_from]  # up to the weights kept (the guard may roll back)
+    first, last = result.history[:5], kept[-5:]
 
     def mean(rows: list[dict[str, float]], key: str) -> float | None:
         return sum(r[key] for r in rows) / len(rows) if rows else None
@@ -69,6 +70,7 @@ def run(ctx: StageContext) -> Metrics:
     return {
         "rl": {
             "steps": result.steps,
+            "collapsed_at": result.collapsed_at,
             "reward_first5": mean(first, "reward"),
             "reward_last5": mean(last, "reward"),
             "kl_last5": mean(last, "kl"),
