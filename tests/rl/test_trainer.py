@@ -107,6 +107,7 @@ def test_diversity_guard_stops_a_collapsing_run_and_keeps_its_last_healthy_check
                       guard_window=3)
     result = train_grpo(run, params, tmp_path / "ckpt")  # "use code 3" pulls every sample onto one sequence
     assert result.collapsed_at is not None and result.collapsed_at < params.steps
+    assert result.collapse is not None and result.collapse.startswith("distinct code sequences")
     assert result.steps % 4 == 0 and result.collapsed_at - 4 <= result.steps < result.collapsed_at
     distinct = [h["distinct_codes"] for h in result.history]
     assert sum(distinct[-3:]) / 3 < 0.9 <= min(sum(distinct[i - 3 : i]) / 3 for i in range(3, result.collapsed_at))

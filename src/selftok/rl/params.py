@@ -35,8 +35,11 @@ class RLParams(StrictModel):
     clip: float = Field(0.2, gt=0.0, lt=1.0)  # ratio clipping, active when updates_per_batch > 1
     updates_per_batch: Positive = 1  # >1: the old-policy variant (PPO-style ratios on reused samples)
     advantage_eps: float = Field(1e-4, gt=0.0)
-    min_distinct: float = Field(0.0, ge=0.0, le=1.0)  # diversity guard: stop when the share of distinct code
-    # sequences per group, averaged over guard_window steps, falls below this, and keep the last checkpoint (0: off)
+    # diversity guard (selftok.rl.guard): stop and keep the last checkpoint when, over guard_window steps, the
+    # share of distinct code sequences per group falls below min_distinct, or the evaluator-feature spread
+    # below min_spread_ratio x that of the first window (0: off)
+    min_distinct: float = Field(0.0, ge=0.0, le=1.0)
+    min_spread_ratio: float = Field(0.0, ge=0.0, le=1.0)
     guard_window: Positive = 10
     checkpoint_every: Positive = 10
     log_every: Positive = 1

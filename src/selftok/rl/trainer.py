@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import judge_images
 from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
+from selftok.rl.guard import DiversityGuard
 from selftok.rl.params import KLEstimator, PolicyKind, PromptMix, RLParams
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from selftok.tokenizer.train import lr_factor
@@ -85,14 +86,7 @@ class RLResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     collapsed_at: int | None = None  # the step at which the diversity guard stopped the run
-
-
-def collapsed(history: Sequence[dict[str, float]], min_distinct: float, window: int) -> bool:
-    """The diversity guard: the share of distinct code sequences per group, averaged over the last
-    ``window`` steps, has fallen below ``min_distinct`` (a dip that recovers stays above a low bar)."""
-    if min_distinct <= 0 or len(history) < window:
-        return False
-    return sum(h["distinct_codes"] for h in history[-window:]) / window < min_distinct
+    collapse: str | None = None  # what the guard saw
 
 
 RewardFn = Callable[[Sequence[Record], torch.Tensor], tuple[torch.Tensor, list[bool]]]
@@ -149,13 +143,15 @@ def train_grpo(
     lm, tokenizer, s = run.lm, run.tokenizer, run.sampling
     reference = copy.deepcopy(lm).eval().requires_grad_(False) if params.beta > 0 else None
     optimizer = torch.optim.AdamW(lm.parameters(), lr=params.lr, weight_decay=params.weight_decay, betas=(0.9, 0.95))
+    guard = DiversityGuard(params.min_distinct, params.min_spread_ratio, params.guard_window)
     start = 0
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
-        start, state, _ = load_checkpoint(latest, optimizer)
+        start, state, extra = load_checkpoint(latest, optimizer)
         lm.load_state_dict(state)
+        guard.spread_reference = extra.get("spread_reference")
         log.info("rl: resumed from %s (step %d)", latest, start)
-    elif params.min_distinct > 0:  # the guard always has a checkpoint to fall back to
+    elif guard.active:  # the guard always has a checkpoint to fall back to
         save_checkpoint(checkpoints, 0, lm.state_dict(), optimizer, {"seed": run.seed})
     started = time.perf_counter()
     result = RLResult(params.steps, start, 0.0)
@@ -207,18 +203,19 @@ def train_grpo(
             on_log(step + 1, logs | {"entropy_by_position": {f"v{i + 1:03d}": float(e) for i, e in enumerate(entropy)}})
         if on_samples and ((step + 1) % params.sample_every == 0 or step == start):
             on_samples(step + 1, images[: 4 * params.group_size])  # the groups of the first 4 prompts
-        if collapsed(result.history, params.min_distinct, params.guard_window):
+        result.collapse = guard.check(result.history)
+        if result.collapse:
             last_healthy = latest_checkpoint(checkpoints)
             if last_healthy is None:
                 raise RuntimeError(f"{checkpoints}: the diversity guard found no checkpoint to fall back to")
             result.steps, state, _ = load_checkpoint(last_healthy, optimizer)
             lm.load_state_dict(state)
             result.collapsed_at = step + 1
-            log.warning("rl: distinct code sequences fell below %.2f over %d steps at step %d; keeping step %d",
-                        params.min_distinct, params.guard_window, step + 1, result.steps)
+            log.warning("rl: collapse at step %d (%s); keeping step %d", step + 1, result.collapse, result.steps)
             break
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
-            save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer, {"seed": run.seed})
+            save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer,
+                            {"seed": run.seed, "spread_reference": guard.spread_reference})
     result.seconds = time.perf_counter() - started
     return result
 

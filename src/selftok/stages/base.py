@@ -179,6 +179,10 @@ class StageContext:
         if flat and self.tracked:
             mlflow.log_metrics(flat, step=step)
 
+    def set_tag(self, key: str, value: str) -> None:
+        if self.tracked:
+            mlflow.set_tag(key, value)
+
     def log_image(self, image: Any, artifact_file: str) -> None:
         if self.tracked:
             mlflow.log_image(image, artifact_file)

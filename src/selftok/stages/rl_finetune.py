@@ -56,6 +56,8 @@ def run(ctx: StageContext) -> Metrics:
         on_samples=on_samples,
     )
     ctx.log_metrics({"rl_seconds": result.seconds})
+    if result.collapse:
+        ctx.set_tag("rl.collapse", f"step {result.collapsed_at}: {result.collapse}; kept step {result.steps}")
     vlm.lm.eval()
     vlm.save_pretrained(ctx.path(arm.vlm_rl))
     tracking.log_model_dir(ctx.path(arm.vlm_rl), arm.registered_vlm)
