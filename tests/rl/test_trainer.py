@@ -108,10 +108,11 @@ def test_diversity_guard_stops_a_collapsing_run_and_keeps_its_last_healthy_check
     result = train_grpo(run, params, tmp_path / "ckpt")  # "use code 3" pulls every sample onto one sequence
     assert result.collapsed_at is not None and result.collapsed_at < params.steps
     assert result.collapse is not None and result.collapse.startswith("distinct code sequences")
-    assert result.steps % 4 == 0 and result.collapsed_at - 4 <= result.steps < result.collapsed_at
+    window_start = result.collapsed_at - 3  # the weights kept come from before the window that showed it
+    assert result.steps % 4 == 0 and window_start - 4 < result.steps <= window_start
     distinct = [h["distinct_codes"] for h in result.history]
     assert sum(distinct[-3:]) / 3 < 0.9 <= min(sum(distinct[i - 3 : i]) / 3 for i in range(3, result.collapsed_at))
-    kept = load_file(str(latest_checkpoint(tmp_path / "ckpt") / "model.safetensors"))
+    kept = load_file(str(tmp_path / "ckpt" / f"step_{result.steps:07d}" / "model.safetensors"))
     assert all(torch.equal(kept[name], value) for name, value in run.lm.state_dict().items())  # the model is that checkpoint
 
 

@@ -151,7 +151,8 @@ def train_grpo(
         lm.load_state_dict(state)
         guard.spread_reference = extra.get("spread_reference")
         log.info("rl: resumed from %s (step %d)", latest, start)
-    elif guard.active:  # the guard always has a checkpoint to fall back to
+    keep = params.guard_window // params.checkpoint_every + 2 if guard.active else 1  # one from before the window
+    if latest is None and guard.active:  # the guard always has a checkpoint to fall back to
         save_checkpoint(checkpoints, 0, lm.state_dict(), optimizer, {"seed": run.seed})
     started = time.perf_counter()
     result = RLResult(params.steps, start, 0.0)
@@ -204,8 +205,8 @@ def train_grpo(
         if on_samples and ((step + 1) % params.sample_every == 0 or step == start):
             on_samples(step + 1, images[: 4 * params.group_size])  # the groups of the first 4 prompts
         result.collapse = guard.check(result.history)
-        if result.collapse:
-            last_healthy = latest_checkpoint(checkpoints)
+        if result.collapse:  # fall back to the weights from before the window that showed the collapse
+            last_healthy = latest_checkpoint(checkpoints, at_most=step + 1 - params.guard_window)
             if last_healthy is None:
                 raise RuntimeError(f"{checkpoints}: the diversity guard found no checkpoint to fall back to")
             result.steps, state, _ = load_checkpoint(last_healthy, optimizer)
@@ -215,7 +216,7 @@ def train_grpo(
             break
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer,
-                            {"seed": run.seed, "spread_reference": guard.spread_reference})
+                            {"seed": run.seed, "spread_reference": guard.spread_reference}, keep)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -41,9 +41,14 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
 
 
 def save_checkpoint(
-    folder: Path, step: int, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, extra: dict[str, Any]
+    folder: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+    keep: int = 1,
 ) -> Path:
-    """Write ``folder/step_NNNNNNN`` and delete older checkpoints once it is complete."""
+    """Write ``folder/step_NNNNNNN`` and, once it is complete, delete all but the newest ``keep``."""
     target = folder / f"step_{step:07d}"
     if target.exists():
         shutil.rmtree(target)
@@ -52,14 +57,17 @@ def save_checkpoint(
     tensors, meta = _split_optimizer(optimizer.state_dict())
     save_file(tensors, str(target / "optimizer.safetensors"))
     (target / STATE).write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
-    for old in folder.glob("step_*"):
-        if old != target and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    others = sorted(p for p in folder.glob("step_*") if p.is_dir() and p != target)
+    for old in others[: max(0, len(others) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
+def latest_checkpoint(folder: Path, at_most: int | None = None) -> Path | None:
+    """The newest complete checkpoint (with a step <= ``at_most`` if given), or None."""
     done = sorted(p for p in folder.glob("step_*") if (p / STATE).is_file()) if folder.is_dir() else []
+    if at_most is not None:
+        done = [p for p in done if int(p.name.removeprefix("step_")) <= at_most]
     return done[-1] if done else None
 
 
