@@ -114,6 +114,12 @@ def test_diversity_guard_stops_a_collapsing_run_and_keeps_its_last_healthy_check
     assert sum(distinct[-3:]) / 3 < 0.9 <= min(sum(distinct[i - 3 : i]) / 3 for i in range(3, result.collapsed_at))
     kept = load_file(str(tmp_path / "ckpt" / f"step_{result.steps:07d}" / "model.safetensors"))
     assert all(torch.equal(kept[name], value) for name, value in run.lm.state_dict().items())  # the model is that checkpoint
+    assert latest_checkpoint(tmp_path / "ckpt").name == f"step_{result.steps:07d}"  # the collapsing ones are gone
+
+    rerun = tiny_run()  # a rerun of the stage: it stays stopped, with the kept weights
+    again = train_grpo(rerun, params, tmp_path / "ckpt")
+    assert (again.steps, again.collapsed_at, again.collapse, again.history) == (result.steps, result.collapsed_at, result.collapse, [])
+    assert all(torch.equal(kept[name], value) for name, value in rerun.lm.state_dict().items())
 
 
 def test_killed_run_resumes_from_checkpoint(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -144,7 +145,7 @@ def train_grpo(
     reference = copy.deepcopy(lm).eval().requires_grad_(False) if params.beta > 0 else None
     optimizer = torch.optim.AdamW(lm.parameters(), lr=params.lr, weight_decay=params.weight_decay, betas=(0.9, 0.95))
     guard = DiversityGuard(params.min_distinct, params.min_spread_ratio, params.guard_window)
-    start = 0
+    start, end, extra = 0, params.steps, {}
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
         start, state, extra = load_checkpoint(latest, optimizer)
@@ -155,8 +156,11 @@ def train_grpo(
     if latest is None and guard.active:  # the guard always has a checkpoint to fall back to
         save_checkpoint(checkpoints, 0, lm.state_dict(), optimizer, {"seed": run.seed})
     started = time.perf_counter()
-    result = RLResult(params.steps, start, 0.0)
-    for step in tqdm(range(start, params.steps), initial=start, total=params.steps, desc="rl"):
+    result = RLResult(params.steps, start, 0.0, collapsed_at=extra.get("collapsed_at"), collapse=extra.get("collapse"))
+    if result.collapse:  # a run the guard stopped stays stopped, with the weights it kept
+        log.warning("rl: %s was kept after a collapse at step %s (%s)", latest, result.collapsed_at, result.collapse)
+        result.steps = end = start
+    for step in tqdm(range(start, end), initial=start, total=params.steps, desc="rl"):
         for group in optimizer.param_groups:
             group["lr"] = params.lr * lr_factor(step, params.steps, params.warmup_steps, params.lr_decay)
         rng = random.Random(f"{run.seed}/rl/{step}")
@@ -209,10 +213,16 @@ def train_grpo(
             last_healthy = latest_checkpoint(checkpoints, at_most=step + 1 - params.guard_window)
             if last_healthy is None:
                 raise RuntimeError(f"{checkpoints}: the diversity guard found no checkpoint to fall back to")
-            result.steps, state, _ = load_checkpoint(last_healthy, optimizer)
+            result.steps, state, kept = load_checkpoint(last_healthy, optimizer)
             lm.load_state_dict(state)
             result.collapsed_at = step + 1
             log.warning("rl: collapse at step %d (%s); keeping step %d", step + 1, result.collapse, result.steps)
+            for newer in checkpoints.glob("step_*"):  # a rerun resumes from the kept weights, marked as stopped
+                if newer.name > last_healthy.name:
+                    shutil.rmtree(newer, ignore_errors=True)
+            marked = {k: v for k, v in kept.items() if k not in ("step", "optimizer")}
+            save_checkpoint(checkpoints, result.steps, lm.state_dict(), optimizer,
+                            marked | {"collapsed_at": result.collapsed_at, "collapse": result.collapse}, keep)
             break
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer,
