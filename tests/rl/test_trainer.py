@@ -85,7 +85,7 @@ def test_guided_policy_is_the_distribution_the_sampler_draws_from() -> None:
     assert (empirical - conditional).abs().max() > 0.05  # the plain conditional is a different distribution
 
 
-def test_guided_policy_keeps_drawn_codes_finite_and_trains_both_branches(tmp_path: Path) -> None:
+def test_guided_policy_keeps_drawn_codes_finite_and_learns_a_simple_reward(tmp_path: Path) -> None:
     run = tiny_run()
     captions = run.tokenizer.encode_text([p["prompt"] for p in PROMPTS])
     codes = torch.randint(0, C, (len(PROMPTS), K))  # includes codes the filters would drop

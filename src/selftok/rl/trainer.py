@@ -209,7 +209,7 @@ def train_grpo(
         if on_samples and ((step + 1) % params.sample_every == 0 or step == start):
             on_samples(step + 1, images[: 4 * params.group_size])  # the groups of the first 4 prompts
         result.collapse = guard.check(result.history)
-        if result.collapse:  # fall back to the weights from before the window that showed the collapse
+        if result.collapse:  # fall back to the newest checkpoint at or before the start of the window that showed it
             last_healthy = latest_checkpoint(checkpoints, at_most=step + 1 - params.guard_window)
             if last_healthy is None:
                 raise RuntimeError(f"{checkpoints}: the diversity guard found no checkpoint to fall back to")
