@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from selftok.eval.geneval import judge_images
 from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
 from selftok.rl.guard import DiversityGuard
 from selftok.rl.params import KLEstimator, PolicyKind, PromptMix, RLParams
-from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, roll_back_to, save_checkpoint
 from selftok.tokenizer.train import lr_factor
 from selftok.vlm.generate import generate_images, sampling_logits
 from selftok.vlm.params import SamplingParams
@@ -180,7 +179,8 @@ def train_grpo(
         lm.train()
         for _ in range(params.updates_per_batch):
             logp, logits = policy_logprobs(lm, tokenizer, captions, codes, s, params.policy)
-            kl = _kl(params.kl_estimator, logits, logprobs(logits, codes), ref_logits, ref_logp)
+            cond_logp = logp if params.policy == "conditional" else logprobs(logits, codes)
+            kl = _kl(params.kl_estimator, logits, cond_logp, ref_logits, ref_logp)
             parts = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), kl, advantages.to(logp.device),
                               params.beta, params.clip)
             optimizer.zero_grad(set_to_none=True)
@@ -213,16 +213,11 @@ def train_grpo(
             last_healthy = latest_checkpoint(checkpoints, at_most=step + 1 - params.guard_window)
             if last_healthy is None:
                 raise RuntimeError(f"{checkpoints}: the diversity guard found no checkpoint to fall back to")
-            result.steps, state, kept = load_checkpoint(last_healthy, optimizer)
+            result.steps, state, _ = load_checkpoint(last_healthy, optimizer)
             lm.load_state_dict(state)
             result.collapsed_at = step + 1
             log.warning("rl: collapse at step %d (%s); keeping step %d", step + 1, result.collapse, result.steps)
-            for newer in checkpoints.glob("step_*"):  # a rerun resumes from the kept weights, marked as stopped
-                if newer.name > last_healthy.name:
-                    shutil.rmtree(newer, ignore_errors=True)
-            marked = {k: v for k, v in kept.items() if k not in ("step", "optimizer")}
-            save_checkpoint(checkpoints, result.steps, lm.state_dict(), optimizer,
-                            marked | {"collapsed_at": result.collapsed_at, "collapse": result.collapse}, keep)
+            roll_back_to(last_healthy, {"collapsed_at": result.collapsed_at, "collapse": result.collapse})  # a rerun stays stopped
             break
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer,

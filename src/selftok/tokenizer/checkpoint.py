@@ -8,6 +8,7 @@ Randomness is derived from (seed, step), so no RNG state needs saving for an exa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,28 @@ def save_checkpoint(
     return target
 
 
+def _step(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
 def latest_checkpoint(folder: Path, at_most: int | None = None) -> Path | None:
     """The newest complete checkpoint (with a step <= ``at_most`` if given), or None."""
     done = sorted(p for p in folder.glob("step_*") if (p / STATE).is_file()) if folder.is_dir() else []
     if at_most is not None:
-        done = [p for p in done if int(p.name.removeprefix("step_")) <= at_most]
+        done = [p for p in done if _step(p) <= at_most]
     return done[-1] if done else None
+
+
+def roll_back_to(path: Path, extra: dict[str, Any]) -> None:
+    """Make ``path`` the newest checkpoint of its folder, with ``extra`` added to its state.json:
+    newer folders go first, then state.json is replaced atomically (weights are not rewritten)."""
+    for newer in path.parent.glob("step_*"):
+        if newer.is_dir() and _step(newer) > _step(path):
+            shutil.rmtree(newer, ignore_errors=True)
+    state = json.loads((path / STATE).read_text()) | extra
+    scratch = path / f"{STATE}.tmp"
+    scratch.write_text(json.dumps(state, indent=1))
+    os.replace(scratch, path / STATE)
 
 
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
