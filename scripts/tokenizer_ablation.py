@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from selftok.config import parse_overrides
 from selftok.data.dataset import to_uint8, to_unit
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.eval.evaluator import SceneEvaluator
@@ -45,19 +45,6 @@ def scenes(split: str, n: int, size: int, cache: Path) -> torch.Tensor:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, arr)
     return torch.from_numpy(np.load(path)).permute(0, 3, 1, 2).contiguous()
-
-
-def parse_sets(items: list[str]) -> dict[str, object]:
-    """KEY=VALUE overrides (YAML values); dotted keys go into nested sections."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})  # type: ignore[assignment]
-        node[leaf] = yaml.safe_load(value)  # type: ignore[index]
-    return out
 
 
 @torch.no_grad()
@@ -96,7 +83,7 @@ def main() -> None:
     out = args.out / args.name
     out.mkdir(parents=True, exist_ok=True)
     train, val = scenes("train", args.n_train, 32, args.out), scenes("val", args.n_val, 32, args.out)
-    tparams = TokenizerParams(**{"steps": args.steps, "eval_every": 10**9, **parse_sets(args.set)})
+    tparams = TokenizerParams(**{"steps": args.steps, "eval_every": 10**9, **parse_overrides(args.set)})
     row: dict[str, object] = {"name": args.name, "sets": args.set, "rsets": args.rset, "steps": args.steps}
     if args.tokenizer:
         model = SelftokTokenizer.from_pretrained(args.tokenizer)
@@ -117,7 +104,7 @@ def main() -> None:
         row |= evaluate_tokenizer(model, val, tparams.eval.decode_steps, tparams.eval.prefix_steps)
         row["eval_seconds"] = time.perf_counter() - t0
     if args.renderer_steps:
-        rparams = RendererParams(**{"steps": args.renderer_steps, "eval_every": 10**9, **parse_sets(args.rset)})
+        rparams = RendererParams(**{"steps": args.renderer_steps, "eval_every": 10**9, **parse_overrides(args.rset)})
         t0 = time.perf_counter()
         rres = train_renderer(model, train, rparams, seed=0, checkpoints=out / "rckpt")
         row["renderer_seconds"] = time.perf_counter() - t0

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tokenizer_ablation import parse_sets, scenes
+from tokenizer_ablation import scenes
 from torch import nn
 
+from selftok.config import parse_overrides
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.params import TokenizerParams
 
@@ -44,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = scenes("train", 6000, 32, args.out)[: args.images].float() / 127.5 - 1
-    model = SelftokTokenizer(TokenizerParams(**parse_sets(args.set)).architecture(32))
+    model = SelftokTokenizer(TokenizerParams(**parse_overrides(args.set)).architecture(32))
     k, d = model.config.num_tokens, model.config.code_dim
     t1, visible, blank = torch.ones(len(x)), torch.ones(len(x), k, dtype=torch.bool), torch.zeros_like(x)
 

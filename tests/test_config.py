@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selftok.config import ConfigError, load_params, parse_params
+from selftok.config import ConfigError, load_params, merged, parse_overrides, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,3 +60,23 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_params(bad)
+
+
+def test_overrides_nest_dotted_keys_and_read_yaml_values() -> None:
+    assert parse_overrides(["rl.group_size=24", "rl.kl_estimator=exact", "seed=3", "rl.beta=1e-2"]) == {
+        "rl": {"group_size": 24, "kl_estimator": "exact", "beta": 0.01}, "seed": 3}
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = parse_params(merged(base, parse_overrides(["rl.group_size=24"])))
+    assert params.rl.group_size == 24 and params.rl.lr == load_params(ROOT / "params.yaml").rl.lr  # the rest is kept
+    assert base["rl"]["group_size"] == 16  # the base is not modified
+
+
+@pytest.mark.parametrize("item", ["rl.group_size", "=3", "rl..beta=1", "seed=1 seed.x=2"])
+def test_malformed_overrides_are_refused(item: str) -> None:
+    with pytest.raises(ConfigError, match=r"KEY=VALUE|already given"):
+        parse_overrides(item.split(" "))
+
+
+def test_an_invalid_override_names_its_key() -> None:
+    with pytest.raises(ConfigError, match=r"rl\.group_size"):
+        parse_params(merged(yaml.safe_load((ROOT / "params.yaml").read_text()), parse_overrides(["rl.group_size=1"])))

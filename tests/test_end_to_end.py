@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -94,3 +96,29 @@ def test_runs_nest_and_registry_has_aliases(smoke) -> None:
     assert not children or len(children) == len(stages)
     assert tracking.alias_version("selftok-vlm", "champion") is not None
     assert tracking.alias_version("selftok-vlm", "challenger") == tracking.alias_version("selftok-vlm", "champion")
+
+
+def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_path: Path) -> None:
+    """scripts/rl_seeds.py: the real RL stage per seed in its own folder, scored like the evaluate stage, each seed once."""
+    project, _, _ = smoke
+    out = tmp_path / "runs"
+    command = [sys.executable, str(ROOT / "scripts" / "rl_seeds.py"), "--root", str(project), "--out", str(out), "--threads", "1"]
+    bad = subprocess.run([*command, "--name", "bad", "--seeds", "0", "--set", "rl.group_size=1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "rl.group_size" in bad.stderr and not out.exists()  # refused before any work
+
+    subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2"], check=True, capture_output=True)
+    result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
+    assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3
+    assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
+    evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
+    assert result["pretrained"]["overall"] == evaluated["overall"]  # the same benchmark as the evaluate stage
+    assert not (project / "ablation_runs").exists() and not (project / "models" / "vlm_rl.stale").exists()
+
+    again = subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2"], check=True,
+                           capture_output=True, text=True)
+    assert again.stdout.count("done before") == 2
+    other = subprocess.run([*command, "--name", "g2", "--seeds", "0"], capture_output=True, text=True)
+    assert other.returncode != 0 and "other --set values" in other.stderr
+    summary = json.loads((out / "g2" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(summary["gain_points"]) == 2
+    assert len((out / "g2" / "table.md").read_text().splitlines()) == 2 + 2  # header, rule, one row per seed

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -198,6 +200,40 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return parse_params(raw, str(path))
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` overrides as nested data: VALUE is YAML, dots in KEY name sections."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or "" in key.split("."):
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. rl.group_size=24")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} was already given a value")
+        node[leaf] = _yaml_value(value)
+    return out
+
+
+def _yaml_value(text: str) -> Any:
+    """A YAML scalar, with 1e-2 read as the float it means (YAML 1.1 reads it as a string)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", text.strip()):
+        return float(text)
+    return value
+
+
+def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in overrides.items():
+        old = out.get(key)
+        out[key] = merged(old, value) if isinstance(old, Mapping) and isinstance(value, Mapping) else value
+    return out
 
 
 def params_hash(data: Any) -> str:

@@ -43,7 +43,7 @@ from selftok.viz import image_grid
 from selftok.vlm.decode import render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.params import SamplingParams
-from selftok.vlm.scores import comprehension, generation
+from selftok.vlm.scores import DecodeFn, comprehension, generation
 
 log = logging.getLogger(__name__)
 VLM_NAME = "selftok-vlm"
@@ -58,6 +58,17 @@ def entropy_by_position(vlm: SelftokVLM, captions: list[str], codes: torch.Tenso
             ids = vlm.tokenizer.encode_text(captions[i : i + batch])
             total += token_entropy(visual_logits(vlm.lm, vlm.tokenizer, ids, codes[i : i + batch])).sum(0).cpu()
     return (total / len(codes)).tolist()
+
+
+def benchmark_generation(
+    vlm: SelftokVLM, records: list[dict[str, Any]], decode: DecodeFn, evaluator: SceneEvaluator, sampling: SamplingParams
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """One model's GenEval-style scores on the benchmark prompts, with the diversity of its images
+    within each prompt (a high score from one image per prompt is collapse, not skill)."""
+    summary, images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
+    summary.pop("images", None)
+    summary["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), sampling.samples_per_prompt)
+    return summary, images
 
 
 def find_version(name: str, folder: Path) -> str:
@@ -122,9 +133,7 @@ def score_arm(
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
     for name, vlm in vlms.items():
-        gen[name], images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
-        gen[name].pop("images", None)
-        gen[name]["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), n)
+        gen[name], images = benchmark_generation(vlm, records, decode, evaluator, sampling)
         picks = torch.cat([images[i * n : (i + 1) * n] for i in range(0, len(records), max(1, len(records) // 12))][:12])
         image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation{arm.suffix}_{name}.png")
         entropy[name] = entropy_by_position(vlm, codes.captions, codes.codes)
@@ -151,7 +160,7 @@ def run(ctx: StageContext) -> Metrics:
     ctx.path(IMAGES).mkdir(parents=True, exist_ok=True)
     val = load_split(ctx.root, "val", limit=params.val_images)
     evaluator = SceneEvaluator.load(ctx.path("models/evaluator"))
-    records = heldout_records(ctx)
+    records = heldout_records(ctx.params)
     generator = SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed)
     _, renders, _ = render_prompts(records, generator, benchmark_sampling(ctx.params).samples_per_prompt)
     arms = {name: score_arm(ctx, arm, evaluator, val, records, renders) for name, arm in ARMS.items()}
@@ -178,11 +187,11 @@ def run(ctx: StageContext) -> Metrics:
     challenger = find_version(VLM_NAME, ctx.path("models/vlm_rl"))
     champion = tracking.alias_version(VLM_NAME, tracking.CHAMPION)
     champion_score = None
+    benchmark = benchmark_hash(ctx.params, ctx.path("models/evaluator"))
     if champion is not None and champion != challenger:
         tags = MlflowClient().get_model_version(VLM_NAME, champion).tags
-        if tags.get("benchmark.hash") == _benchmark_hash(ctx, records) and "benchmark.overall" in tags:
+        if tags.get("benchmark.hash") == benchmark and "benchmark.overall" in tags:
             champion_score = float(tags["benchmark.overall"])
-    benchmark = _benchmark_hash(ctx, records)
     if champion is not None and champion != challenger and champion_score is None:
         decision = promotion.Decision(False, f"champion v{champion} was scored on another benchmark; kept (move the alias "
                                       "by hand if the new one should replace it)", overall, None, params.promotion_margin)
@@ -217,7 +226,8 @@ def benchmark_sampling(params: Params) -> SamplingParams:
     return sampling if n is None else sampling.model_copy(update={"samples_per_prompt": n})
 
 
-def _benchmark_hash(ctx: StageContext, records: list[dict[str, Any]]) -> str:
-    """Same prompts, same sampling recipe, same judge: scores under one hash are comparable."""
-    judge = tracking.file_hash(ctx.path("models/evaluator"))
-    return params_hash({"records": records, "sampling": benchmark_sampling(ctx.params).model_dump(mode="json"), "judge": judge})
+def benchmark_hash(params: Params, evaluator: Path) -> str:
+    """Same prompts, same sampling recipe, same judge (the evaluator folder's weights): scores under
+    one hash are comparable."""
+    return params_hash({"records": heldout_records(params), "sampling": benchmark_sampling(params).model_dump(mode="json"),
+                        "judge": tracking.file_hash(evaluator)})

@@ -22,6 +22,7 @@ import mlflow
 import torch
 
 from selftok import tracking
+from selftok.config import Params
 from selftok.data.codes import CodeSet, load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
@@ -84,8 +85,9 @@ def sample_logger(ctx: StageContext, vlm: SelftokVLM, val: CodeSet, params: VLMP
     return on_eval
 
 
-def heldout_records(ctx: StageContext) -> list[dict[str, Any]]:
-    return per_category(prompt_sets(ctx.params)["heldout"], ctx.params.vlm.eval.geneval_prompts_per_category)
+def heldout_records(params: Params) -> list[dict[str, Any]]:
+    """The benchmark's prompts: held-out prompts, at most ``vlm.eval.geneval_prompts_per_category`` per category."""
+    return per_category(prompt_sets(params)["heldout"], params.vlm.eval.geneval_prompts_per_category)
 
 
 def run(ctx: StageContext) -> Metrics:
@@ -133,7 +135,7 @@ def run(ctx: StageContext) -> Metrics:
     evaluator_ready = (ctx.path(EVALUATOR_DIR) / "config.json").is_file()
     if decode is not None and evaluator_ready:
         evaluator = SceneEvaluator.load(ctx.path(EVALUATOR_DIR), accelerator.device)
-        records = heldout_records(ctx)
+        records = heldout_records(ctx.params)
         summary, images = generation(vlm.lm, tokenizer, records, decode, evaluator, params.sampling)
         metrics["generation"] = {"pretrained": summary}
         n = params.sampling.samples_per_prompt

@@ -1,0 +1,160 @@
+"""One RL recipe over several RL seeds, each scored on the same held-out benchmark (docs/rl_finetune.md).
+
+RL at this scale is chaotic: one run per recipe says little, so recipes are compared by the mean
+and spread of their gains over `rl.seed`s. The global `seed` (which splits train and held-out
+prompts) stays the project's, so every run is scored on the same prompts against the same
+pretrained model. Run it on a project where the pipeline has made models/evaluator and
+models/vlm (e.g. after `selftok run`):
+
+    python scripts/rl_seeds.py --root . --name g24_exact --seeds 0 1 2 --threads 1 \\
+        --set rl.group_size=24 --set rl.kl_estimator=exact --set rl.beta=0.01
+
+Each seed runs the real `rl_finetune@selftok` stage in OUT/NAME/seed_S, a copy of the root's
+params and models with its own MLflow store, then scores the RL model with the evaluate stage's
+benchmark and writes OUT/NAME/seed_S/result.json. An interrupted run resumes from its
+checkpoints; a finished seed is not run again. OUT/pretrained.json holds the pretrained model's
+score (made once), OUT/NAME/summary.json the gains (mean and sd over the finished seeds) and
+OUT/NAME/table.md their per-category table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from selftok.config import PARAMS_FILE, ConfigError, Params, load_params, merged, parse_overrides, parse_params
+from selftok.data.scenes import CATEGORIES
+from selftok.eval.evaluator import SceneEvaluator
+from selftok.stages.arms import SELFTOK
+from selftok.stages.base import run_stage
+from selftok.stages.evaluate import benchmark_generation, benchmark_hash, benchmark_sampling
+from selftok.stages.pretrain_vlm import heldout_records
+from selftok.stages.rl_finetune import EVALUATOR
+from selftok.tracking import file_hash
+from selftok.vlm.model import SelftokVLM
+
+STAGE = "rl_finetune@selftok"
+COPIED = ("dvc.yaml", SELFTOK.vlm, SELFTOK.tokenizer, SELFTOK.renderer, EVALUATOR)
+
+
+def score(root: Path, model: Path, params: Params) -> dict[str, Any]:
+    """The evaluate stage's held-out generation scores of one VLM (per category and diversity)."""
+    decode = SELFTOK.decode_fn(root)
+    if decode is None:
+        raise FileNotFoundError(f"{root}: needs {SELFTOK.tokenizer} and {SELFTOK.renderer} to render generations")
+    evaluator = SceneEvaluator.load(root / EVALUATOR)
+    summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), heldout_records(params), decode, evaluator,
+                                      benchmark_sampling(params))
+    return summary
+
+
+def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
+    """A project folder holding only what the RL stage reads: params, the stage graph, four models."""
+    for item in COPIED:
+        source, target = root / item, work / item
+        if not source.exists():
+            raise FileNotFoundError(f"{source}: missing; run the pipeline up to pretrain_vlm@selftok on {root} first")
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The finished seeds as a Markdown table: score per category, diversity, training reward and KL."""
+    head = ["rl.seed", "overall (gain)", *CATEGORIES, "spread", "distinct", "train reward first → last 5", "KL last 5"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        stage, rl = r["stage"]["rl"], r["rl"]
+        seed = str(r["seed"]) if stage["collapsed_at"] is None else f"{r['seed']} (guard: stopped at {stage['collapsed_at']}, kept {stage['steps']})"
+        kl = stage["kl_exact_last5"] if stage.get("kl_exact_last5") is not None else stage["kl_last5"]
+        cells = [seed, f"{rl['overall']:.3f} ({r['gain']['overall'] * 100:+.1f})", *(f"{rl[c]:.3f}" for c in CATEGORIES),
+                 f"{rl['diversity']['feature_spread']:.2f}", f"{rl['diversity']['distinct_codes']:.1%}",
+                 f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summarize(out: Path) -> dict[str, Any]:
+    """Gains of the finished seeds under ``out`` (points: per seed, mean, sample sd); writes table.md beside."""
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*/result.json"), key=lambda p: int(p.parent.name[5:]))]
+    (out / "table.md").write_text(table(rows))
+    gains = [r["gain"]["overall"] * 100 for r in rows]
+    return {
+        "seeds": [r["seed"] for r in rows],
+        "gain_points": gains,
+        "mean": statistics.fmean(gains) if gains else None,
+        "sd": statistics.stdev(gains) if len(gains) > 1 else None,
+        "feature_spread": [r["rl"]["diversity"]["feature_spread"] for r in rows],
+        "distinct_codes": [r["rl"]["diversity"]["distinct_codes"] for r in rows],
+        "collapsed_at": [r["stage"]["rl"]["collapsed_at"] for r in rows],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=Path("."), help="project with trained models (params.yaml read from here)")
+    ap.add_argument("--name", required=True, help="the recipe's name: results go to OUT/NAME")
+    ap.add_argument("--seeds", type=int, nargs="+", required=True, help="values of rl.seed")
+    ap.add_argument("--set", action="append", default=[], help="params override KEY=VALUE, e.g. rl.group_size=24")
+    ap.add_argument("--out", type=Path, default=Path("ablation_runs/rl"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("alembic", "urllib3", "httpx", "git", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root = args.root.resolve()
+    try:  # a bad root or override fails here, before any work
+        load_params(root / PARAMS_FILE)
+        recipe = merged(yaml.safe_load((root / PARAMS_FILE).read_text()), parse_overrides(args.set))
+        params = parse_params(recipe, f"{root / PARAMS_FILE} with {' '.join(args.set)}")
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
+
+    benchmark = {"benchmark": benchmark_hash(params, root / EVALUATOR), "pretrained_sha256": file_hash(root / SELFTOK.vlm)}
+    baseline_file = args.out / "pretrained.json"
+    if not baseline_file.is_file():
+        baseline_file.parent.mkdir(parents=True, exist_ok=True)
+        baseline_file.write_text(json.dumps({**benchmark, **score(root, root / SELFTOK.vlm, params)}, indent=1) + "\n")
+    baseline = json.loads(baseline_file.read_text())
+    if {k: baseline.get(k) for k in benchmark} != benchmark:
+        raise SystemExit(f"{baseline_file}: scored on another benchmark or pretrained model than {root}'s; use another --out")
+
+    for seed in args.seeds:
+        work = (args.out / args.name / f"seed_{seed}").resolve()
+        if (work / "result.json").is_file():
+            if json.loads((work / "result.json").read_text())["sets"] != args.set:
+                raise SystemExit(f"{work / 'result.json'}: made with other --set values; use another --name")
+            print(f"seed {seed}: done before ({work / 'result.json'})")
+            continue
+        raw = merged(recipe, {"rl": {"seed": seed}})
+        workdir(root, work, raw)
+        started = time.perf_counter()
+        stage = run_stage(STAGE, work)
+        rl_seconds = time.perf_counter() - started
+        rl = score(work, work / SELFTOK.vlm_rl, parse_params(raw))
+        gain = {k: rl[k] - baseline[k] for k in (*CATEGORIES, "overall") if k in rl and k in baseline}
+        result = {"name": args.name, "seed": seed, "sets": args.set, "rl_seconds": rl_seconds, "gain": gain,
+                  "rl": rl, "pretrained": baseline, "stage": stage}
+        (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"seed {seed}: overall {baseline['overall']:.3f} -> {rl['overall']:.3f} ({gain['overall'] * 100:+.1f} points), "
+              f"spread {rl['diversity']['feature_spread']:.2f}, {rl_seconds:.0f} s")
+
+    summary = summarize(args.out / args.name)
+    (args.out / args.name / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
