@@ -36,10 +36,17 @@ from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.stages.arms import SELFTOK
 from selftok.stages.base import run_stage
-from selftok.stages.evaluate import benchmark_generation, benchmark_hash, benchmark_sampling
+from selftok.stages.evaluate import (
+    benchmark_generation,
+    benchmark_hash,
+    benchmark_renders,
+    benchmark_sampling,
+    reference_diversity,
+)
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.rl_finetune import EVALUATOR
 from selftok.tracking import file_hash
+from selftok.vlm.decode import render_fn
 from selftok.vlm.model import SelftokVLM
 
 STAGE = "rl_finetune@selftok"
@@ -57,6 +64,13 @@ def score(root: Path, model: Path, params: Params) -> dict[str, Any]:
     return summary
 
 
+def reference(root: Path, params: Params) -> dict[str, float]:
+    """Diversity of real renders of the benchmark prompts through the root's tokenizer (evaluate's reference)."""
+    tokenizer = SELFTOK.load_tokenizer(root, with_renderer=True)
+    return reference_diversity(tokenizer, render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR), benchmark_renders(params),
+                               benchmark_sampling(params).samples_per_prompt)
+
+
 def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
     """A project folder holding only what the RL stage reads: params, the stage graph, four models."""
     for item in COPIED:
@@ -69,9 +83,11 @@ def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
     (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """The finished seeds as a Markdown table: score per category, diversity, training reward and KL."""
-    head = ["rl.seed", "overall (gain)", *CATEGORIES, "spread", "distinct", "train reward first → last 5", "KL last 5"]
+def table(rows: list[dict[str, Any]], real: float) -> str:
+    """The finished seeds as a Markdown table: score per category, diversity (``real``: the spread of
+    real renders), training reward and KL."""
+    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", "train reward first → last 5",
+            "KL last 5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stage, rl = r["stage"]["rl"], r["rl"]
@@ -87,7 +103,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def summarize(out: Path) -> dict[str, Any]:
     """Gains of the finished seeds under ``out`` (points: per seed, mean, sample sd); writes table.md beside."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*/result.json"), key=lambda p: int(p.parent.name[5:]))]
-    (out / "table.md").write_text(table(rows))
+    real = json.loads((out.parent / "pretrained.json").read_text())["diversity_reference"]["feature_spread"]
+    (out / "table.md").write_text(table(rows, real))
     gains = [r["gain"]["overall"] * 100 for r in rows]
     return {
         "seeds": [r["seed"] for r in rows],
@@ -126,7 +143,8 @@ def main() -> None:
     baseline_file = args.out / "pretrained.json"
     if not baseline_file.is_file():
         baseline_file.parent.mkdir(parents=True, exist_ok=True)
-        baseline_file.write_text(json.dumps({**benchmark, **score(root, root / SELFTOK.vlm, params)}, indent=1) + "\n")
+        baseline = {**benchmark, **score(root, root / SELFTOK.vlm, params), "diversity_reference": reference(root, params)}
+        baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")
     baseline = json.loads(baseline_file.read_text())
     if {k: baseline.get(k) for k in benchmark} != benchmark:
         raise SystemExit(f"{baseline_file}: scored on another benchmark or pretrained model than {root}'s; use another --out")

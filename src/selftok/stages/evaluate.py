@@ -39,6 +39,7 @@ from selftok.stages.train_tokenizer import write_csv
 from selftok.tokenizer.metrics import batched
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.quantizer import code_usage
+from selftok.tokenizer.registry import AnyTokenizer
 from selftok.viz import image_grid
 from selftok.vlm.decode import render_fn
 from selftok.vlm.model import SelftokVLM
@@ -69,6 +70,21 @@ def benchmark_generation(
     summary.pop("images", None)
     summary["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), sampling.samples_per_prompt)
     return summary, images
+
+
+def benchmark_renders(params: Params) -> torch.Tensor:
+    """uint8 real renders of the benchmark prompts, as many per prompt as generations (prompt-major)."""
+    generator = SceneGenerator(scene_config(params), params.data.scenes.seed)
+    _, renders, _ = render_prompts(heldout_records(params), generator, benchmark_sampling(params).samples_per_prompt)
+    return renders
+
+
+def reference_diversity(tokenizer: AnyTokenizer, decode: DecodeFn, evaluator: SceneEvaluator, renders: torch.Tensor,
+                        group_size: int) -> dict[str, float]:
+    """The diversity generations are measured against: real renders of the same prompts through this
+    tokenizer (a right answer varies only in layout, so spread falls as scores rise)."""
+    real = batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)
+    return diversity(to_uint8(real).flatten(1), evaluator.features(real), group_size)
 
 
 def find_version(name: str, folder: Path) -> str:
@@ -128,7 +144,6 @@ def score_arm(
 
     decode = render_fn(tokenizer)  # the tokenizer loaded above, with its renderer
     n = sampling.samples_per_prompt
-    real = batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)  # through this tokenizer
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
@@ -145,9 +160,7 @@ def score_arm(
         "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size),
         "generation": gen,
         "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]},
-        # what the generations' diversity is measured against: real renders of the same prompts,
-        # through this tokenizer (a right answer varies only in layout, so spread falls as scores rise)
-        "diversity_reference": diversity(to_uint8(real).flatten(1), evaluator.features(real), n),
+        "diversity_reference": reference_diversity(tokenizer, decode, evaluator, renders, n),
         "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
         "ar_probe": {"entropy_first": pretrained[0], "entropy_last": pretrained[-1], "entropy_mean": sum(pretrained) / k_all,
                      "entropy_by_position": {str(i + 1): e for i, e in enumerate(pretrained)}},
@@ -161,8 +174,7 @@ def run(ctx: StageContext) -> Metrics:
     val = load_split(ctx.root, "val", limit=params.val_images)
     evaluator = SceneEvaluator.load(ctx.path("models/evaluator"))
     records = heldout_records(ctx.params)
-    generator = SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed)
-    _, renders, _ = render_prompts(records, generator, benchmark_sampling(ctx.params).samples_per_prompt)
+    renders = benchmark_renders(ctx.params)
     arms = {name: score_arm(ctx, arm, evaluator, val, records, renders) for name, arm in ARMS.items()}
     selftok = arms[SELFTOK.name]
 
