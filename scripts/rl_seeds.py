@@ -25,13 +25,14 @@ import logging
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from selftok.config import PARAMS_FILE, ConfigError, Params, load_params, merged, parse_overrides, parse_params
+from selftok.config import PARAMS_FILE, ConfigError, Params, merged, parse_overrides, parse_params, read_params
 from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.stages.arms import SELFTOK
@@ -45,30 +46,41 @@ from selftok.stages.evaluate import (
 )
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.rl_finetune import EVALUATOR
+from selftok.tokenizer.registry import AnyTokenizer
 from selftok.tracking import file_hash
 from selftok.vlm.decode import render_fn
 from selftok.vlm.model import SelftokVLM
+from selftok.vlm.scores import DecodeFn
 
 STAGE = "rl_finetune@selftok"
 COPIED = ("dvc.yaml", SELFTOK.vlm, SELFTOK.tokenizer, SELFTOK.renderer, EVALUATOR)
 
 
-def score(root: Path, model: Path, params: Params) -> dict[str, Any]:
-    """The evaluate stage's held-out generation scores of one VLM (per category and diversity)."""
-    decode = SELFTOK.decode_fn(root)
-    if decode is None:
-        raise FileNotFoundError(f"{root}: needs {SELFTOK.tokenizer} and {SELFTOK.renderer} to render generations")
-    evaluator = SceneEvaluator.load(root / EVALUATOR)
-    summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), heldout_records(params), decode, evaluator,
-                                      benchmark_sampling(params))
-    return summary
+@dataclass(frozen=True)
+class Benchmark:
+    """What scores a VLM on the benchmark: the root's tokenizer with its renderer, and its evaluator
+    (RL changes neither, so one load serves the pretrained model and every seed)."""
 
+    tokenizer: AnyTokenizer
+    decode: DecodeFn
+    evaluator: SceneEvaluator
+    params: Params
 
-def reference(root: Path, params: Params) -> dict[str, float]:
-    """Diversity of real renders of the benchmark prompts through the root's tokenizer (evaluate's reference)."""
-    tokenizer = SELFTOK.load_tokenizer(root, with_renderer=True)
-    return reference_diversity(tokenizer, render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR), benchmark_renders(params),
-                               benchmark_sampling(params).samples_per_prompt)
+    @classmethod
+    def load(cls, root: Path, params: Params) -> Benchmark:
+        tokenizer = SELFTOK.load_tokenizer(root, with_renderer=True)  # names a missing model folder
+        return cls(tokenizer, render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR), params)
+
+    def score(self, model: Path) -> dict[str, Any]:
+        """The evaluate stage's held-out generation scores of one VLM (per category and diversity)."""
+        summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), heldout_records(self.params), self.decode,
+                                          self.evaluator, benchmark_sampling(self.params))
+        return summary
+
+    def reference(self) -> dict[str, float]:
+        """Diversity of real renders of the benchmark prompts through the tokenizer (evaluate's reference)."""
+        return reference_diversity(self.tokenizer, self.decode, self.evaluator, benchmark_renders(self.params),
+                                   benchmark_sampling(self.params).samples_per_prompt)
 
 
 def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
@@ -133,20 +145,20 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     root = args.root.resolve()
     try:  # a bad root or override fails here, before any work
-        load_params(root / PARAMS_FILE)
-        recipe = merged(yaml.safe_load((root / PARAMS_FILE).read_text()), parse_overrides(args.set))
+        recipe = merged(read_params(root / PARAMS_FILE), parse_overrides(args.set))
         params = parse_params(recipe, f"{root / PARAMS_FILE} with {' '.join(args.set)}")
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
+    bench = Benchmark.load(root, params)
 
-    benchmark = {"benchmark": benchmark_hash(params, root / EVALUATOR), "pretrained_sha256": file_hash(root / SELFTOK.vlm)}
+    pinned = {"benchmark": benchmark_hash(params, root / EVALUATOR), "pretrained_sha256": file_hash(root / SELFTOK.vlm)}
     baseline_file = args.out / "pretrained.json"
     if not baseline_file.is_file():
         baseline_file.parent.mkdir(parents=True, exist_ok=True)
-        baseline = {**benchmark, **score(root, root / SELFTOK.vlm, params), "diversity_reference": reference(root, params)}
+        baseline = {**pinned, **bench.score(root / SELFTOK.vlm), "diversity_reference": bench.reference()}
         baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")
     baseline = json.loads(baseline_file.read_text())
-    if {k: baseline.get(k) for k in benchmark} != benchmark:
+    if {k: baseline.get(k) for k in pinned} != pinned:
         raise SystemExit(f"{baseline_file}: scored on another benchmark or pretrained model than {root}'s; use another --out")
 
     for seed in args.seeds:
@@ -161,7 +173,7 @@ def main() -> None:
         started = time.perf_counter()
         stage = run_stage(STAGE, work)
         rl_seconds = time.perf_counter() - started
-        rl = score(work, work / SELFTOK.vlm_rl, parse_params(raw))
+        rl = bench.score(work / SELFTOK.vlm_rl)
         gain = {k: rl[k] - baseline[k] for k in (*CATEGORIES, "overall") if k in rl and k in baseline}
         result = {"name": args.name, "seed": seed, "sets": args.set, "rl_seconds": rl_seconds, "gain": gain,
                   "rl": rl, "pretrained": baseline, "stage": stage}

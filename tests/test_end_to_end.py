@@ -106,13 +106,14 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     bad = subprocess.run([*command, "--name", "bad", "--seeds", "0", "--set", "rl.group_size=1"], capture_output=True, text=True)
     assert bad.returncode != 0 and "rl.group_size" in bad.stderr and not out.exists()  # refused before any work
 
+    rl_model = tracking.file_hash(project / "models" / "vlm_rl")
     subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2"], check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
     assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3
     assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
     assert result["pretrained"]["overall"] == evaluated["overall"]  # the same benchmark as the evaluate stage
-    assert not (project / "ablation_runs").exists() and not (project / "models" / "vlm_rl.stale").exists()
+    assert not (project / "ablation_runs").exists() and tracking.file_hash(project / "models" / "vlm_rl") == rl_model  # untouched
 
     again = subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2"], check=True,
                            capture_output=True, text=True)

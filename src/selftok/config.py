@@ -191,15 +191,19 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
         raise ConfigError(_format_errors(error, source)) from None
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
+def read_params(path: Path | str = PARAMS_FILE) -> Any:
+    """A params file as plain data, not yet validated (for overrides to be merged into)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the project root, or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    return parse_params(read_params(path), str(path))
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -207,7 +211,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key or "" in key.split("."):
+        if not sep or "" in key.split("."):  # also catches an empty key
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. rl.group_size=24")
         *parents, leaf = key.split(".")
         node = out
