@@ -53,7 +53,7 @@ from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import DecodeFn
 
 STAGE = "rl_finetune@selftok"
-COPIED = ("dvc.yaml", SELFTOK.vlm, SELFTOK.tokenizer, SELFTOK.renderer, EVALUATOR)
+COPIED = ("dvc.yaml", SELFTOK.vlm, SELFTOK.codes, SELFTOK.tokenizer, SELFTOK.renderer, EVALUATOR)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Benchmark:
 
 
 def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
-    """A project folder holding only what the RL stage reads: params, the stage graph, four models."""
+    """A project folder holding only what the RL stage reads: params, the stage graph, four models and the codes."""
     for item in COPIED:
         source, target = root / item, work / item
         if not source.exists():

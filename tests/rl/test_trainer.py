@@ -10,11 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from selftok.rl.params import RLParams
-from selftok.rl.trainer import RLRun, draw_prompts, policy_logprobs, train_grpo, visual_logits
+from selftok.rl.trainer import RLRun, draw_prompts, policy_logprobs, pretraining_loss, train_grpo, visual_logits
 from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.vlm.generate import generate_images
 from selftok.vlm.model import build_lm
 from selftok.vlm.params import SamplingParams, VLMParams
+from selftok.vlm.train import VLMTask
 from selftok.vlm.vocab import VLMTokenizer
 
 K, C, TARGET = 6, 8, 3
@@ -149,3 +150,27 @@ def test_uniform_draw_follows_the_prompt_set() -> None:
     drawn = [r for step in range(50) for r in draw_prompts(prompts, 4, random.Random(step), "uniform")]
     assert all(len({r["prompt"] for r in drawn[i : i + 4]}) == 4 for i in range(0, len(drawn), 4))  # distinct within a step
     assert sum(r["tag"] == "counting" for r in drawn) < 10  # ~1 in 91 prompts, not 1 in 2 categories
+
+
+def data_loss(run: RLRun, seed: int = 1) -> float:
+    """The pretraining loss of ``run``'s policy on "data" that never uses the rewarded code."""
+    codes = torch.randint(0, C - 1, (32, K), generator=torch.Generator().manual_seed(0))
+    codes[codes == TARGET] = C - 1
+    captions = run.tokenizer.encode_text([p["prompt"] for p in PROMPTS] * 16)
+    task = VLMTask(run.lm, run.tokenizer, captions, codes, VLMParams(size="tiny"), torch.device("cpu"))
+    run.ptx = pretraining_loss(task, 16, seed)
+    with torch.no_grad():
+        return float(run.ptx(0))
+
+
+def test_pretraining_mix_holds_the_policy_to_its_data(tmp_path: Path) -> None:
+    params = RLParams(steps=25, prompts_per_step=2, group_size=8, lr=3e-3, beta=0.01, checkpoint_every=100)
+    plain, mixed = tiny_run(), tiny_run()
+    before = data_loss(plain)
+    data_loss(mixed)  # attaches the pretraining batches
+    assert torch.equal(mixed.ptx(3), mixed.ptx(3)) and not torch.equal(mixed.ptx(3), mixed.ptx(4))  # drawn from (seed, step)
+    train_grpo(plain, params, tmp_path / "plain")  # no ptx_coef: the batches are ignored
+    history = train_grpo(mixed, params.model_copy(update={"ptx_coef": 2.0}), tmp_path / "mixed").history
+    assert all("ptx_loss" in h for h in history)
+    assert data_loss(mixed) < data_loss(plain) and data_loss(plain) > before  # RL alone drifts off the data
+    assert history[-1]["reward"] > history[0]["reward"]  # and the reward still rises

@@ -35,6 +35,10 @@ class RLParams(StrictModel):
     clip: float = Field(0.2, gt=0.0, lt=1.0)  # ratio clipping, active when updates_per_batch > 1
     updates_per_batch: Positive = 1  # >1: the old-policy variant (PPO-style ratios on reused samples)
     advantage_eps: float = Field(1e-4, gt=0.0)
+    # pretraining mix (InstructGPT's PPO-ptx): ptx_coef x the pretraining next-token loss on ptx_batch
+    # sequences of the arm's training codes, added to every update, anchors the policy on all prompts (0: off)
+    ptx_coef: float = Field(0.0, ge=0.0)
+    ptx_batch: Positive = 32
     # diversity guard (selftok.rl.guard): stop and keep the last checkpoint when, over guard_window steps, the
     # share of distinct code sequences per group falls below min_distinct, or the evaluator-feature spread
     # below min_spread_ratio x that of the first window (0: off)

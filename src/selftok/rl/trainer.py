@@ -34,6 +34,7 @@ from selftok.tokenizer.train import lr_factor
 from selftok.vlm.generate import generate_images, sampling_logits
 from selftok.vlm.params import SamplingParams
 from selftok.vlm.sequences import left_pad, t2i_prompt
+from selftok.vlm.train import VLMTask
 from selftok.vlm.vocab import VLMTokenizer
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,19 @@ class RLRun:
     prompts: list[Record]
     sampling: SamplingParams
     seed: int
+    ptx: Callable[[int], torch.Tensor] | None = None  # step -> the policy's pretraining loss (rl.ptx_coef > 0)
+
+
+def pretraining_loss(task: VLMTask, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
+    """The pretraining objective on ``batch_size`` random training sequences per RL step (PPO-ptx).
+    The draw derives from (seed, step), so a resumed run sees the batches an uninterrupted one would."""
+
+    def loss(step: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        index = torch.randint(len(task.captions), (batch_size,), generator=generator)
+        return task.loss(task.module, index, generator)[0]
+
+    return loss
 
 
 def draw_prompts(prompts: Sequence[Record], n: int, rng: random.Random, mix: PromptMix) -> list[Record]:
@@ -183,15 +197,18 @@ def train_grpo(
             kl = _kl(params.kl_estimator, logits, cond_logp, ref_logits, ref_logp)
             parts = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), kl, advantages.to(logp.device),
                               params.beta, params.clip)
+            ptx = run.ptx(step) if run.ptx is not None and params.ptx_coef > 0 else None
+            loss = parts.loss if ptx is None else parts.loss + params.ptx_coef * ptx
             optimizer.zero_grad(set_to_none=True)
-            parts.loss.backward()
+            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), params.grad_clip)
             optimizer.step()
         entropy = token_entropy(logits.detach()).mean(0)
         logs: dict[str, Any] = {
             "reward": float(rewards.mean()),
             "correct": sum(correct) / len(correct),
-            "loss": float(parts.loss.detach()),
+            "loss": float(loss.detach()),
+            **({"ptx_loss": float(ptx.detach())} if ptx is not None else {}),
             "kl": float(parts.kl),
             **({"kl_exact": float(exact_kl(logits.detach(), ref_logits).mean())} if ref_logits is not None else {}),
             "lr": optimizer.param_groups[0]["lr"],

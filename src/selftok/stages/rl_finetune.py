@@ -4,7 +4,8 @@ Selftok arm: models/vlm -> models/vlm_rl; the spatial control arm: models/vlm_sp
 models/vlm_rl_spatial, with the same rewards, prompts and recipe (selftok.stages.arms).
 
 Rewards come from the scene evaluator's reward API on rendered images; the benchmark's
-held-out prompts are never used here. The result is registered as a new version of
+held-out prompts are never used here. With ``rl.ptx_coef > 0`` each update also takes the
+pretraining loss on the arm's training codes (InstructGPT's PPO-ptx). The result is registered as a new version of
 the arm's VLM model (`selftok-vlm` for Selftok); the `evaluate` stage scores it against the pretrained model on the held-out
 prompts with the same sampling recipe.
 """
@@ -17,14 +18,16 @@ from pathlib import Path
 import torch
 
 from selftok import tracking
+from selftok.data.codes import load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import prompt_sets
-from selftok.rl.trainer import RLRun, evaluator_reward, train_grpo
+from selftok.rl.trainer import RLRun, evaluator_reward, pretraining_loss, train_grpo
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
 from selftok.vlm.model import SelftokVLM
+from selftok.vlm.train import VLMTask
 
 log = logging.getLogger(__name__)
 EVALUATOR = Path("models/evaluator")
@@ -47,9 +50,14 @@ def run(ctx: StageContext) -> Metrics:
     def on_samples(step: int, images: torch.Tensor) -> None:
         ctx.log_image(image_grid(to_uint8(images), columns=params.group_size, scale=3), f"rl_samples/step_{step:05d}.png")
 
+    ptx = None
+    if params.ptx_coef > 0:  # the pretraining objective on the arm's training codes, as pretrain_vlm saw them
+        train = load_codes(ctx.root, "train", folder=arm.codes)
+        task = VLMTask(vlm.lm, vlm.tokenizer, vlm.tokenizer.encode_text(train.captions), train.codes, ctx.params.vlm, vlm.lm.device)
+        ptx = pretraining_loss(task, params.ptx_batch, seed)
     result = train_grpo(
         RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator), evaluator.features, prompt_sets(ctx.params)["train"],
-              ctx.params.vlm.sampling, seed),
+              ctx.params.vlm.sampling, seed, ptx),
         params,
         ctx.path(arm.rl_checkpoints),
         on_log=lambda step, logs: ctx.log_metrics({"rl": logs}, step),
@@ -80,5 +88,6 @@ def run(ctx: StageContext) -> Metrics:
             "distinct_codes_last5": mean(last, "distinct_codes"),
             "feature_spread_first5": mean(first, "feature_spread"),
             "feature_spread_last5": mean(last, "feature_spread"),
+            **({"ptx_loss_last5": mean(last, "ptx_loss")} if ptx is not None else {}),
         },
     }
