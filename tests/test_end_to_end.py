@@ -107,17 +107,20 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert bad.returncode != 0 and "rl.group_size" in bad.stderr and not out.exists()  # refused before any work
 
     rl_model = tracking.file_hash(project / "models" / "vlm_rl")
-    subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", "--set", "rl.ptx_coef=0.5"],
+    options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true"]
+    subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
     assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3
     assert result["stage"]["rl"]["ptx_loss_last5"] > 0  # the stage read the copied codes for its pretraining batches
+    assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and result["rl"]["extra_objects"] >= 0
     assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
     assert result["pretrained"]["overall"] == evaluated["overall"]  # the same benchmark as the evaluate stage
+    assert evaluated["extra_objects"] >= 0
     assert not (project / "ablation_runs").exists() and tracking.file_hash(project / "models" / "vlm_rl") == rl_model  # untouched
 
-    again = subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", "--set", "rl.ptx_coef=0.5"],
+    again = subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
                            check=True, capture_output=True, text=True)
     assert again.stdout.count("done before") == 2
     other = subprocess.run([*command, "--name", "g2", "--seeds", "0"], capture_output=True, text=True)

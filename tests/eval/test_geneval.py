@@ -87,6 +87,19 @@ def test_judge_applies_counts_colours_and_positions() -> None:
     assert judge(left, []).reward == 0.0
 
 
+def test_clutter_passes_the_rules_but_the_shaped_reward_counts_it() -> None:
+    circle = make_prompt("single_object", ["circle"])
+    clutter = [obj("circle", "red", 5, 5), obj("square", "red", 25, 5), obj("star", "blue", 5, 25), obj("triangle", "red", 25, 25)]
+    verdict = judge(circle, clutter)
+    assert verdict.correct and verdict.reward == 1.0  # GenEval's rules: one circle is there
+    assert (verdict.asked, verdict.extra) == (1, 3)
+    assert verdict.shaped_reward(penalize_extra=True) == pytest.approx((1 + 1 + 1 / 4) / 3)
+    alone = judge(circle, clutter[:1])
+    assert alone.extra == 0 and alone.shaped_reward(penalize_extra=True) == 1.0
+    two = judge(make_prompt("two_objects", ["circle", "square"]), clutter)
+    assert two.correct and two.extra == 2 and two.shaped_reward(penalize_extra=True) < two.reward
+
+
 def test_reward_is_one_exactly_when_correct(scene_config: SceneConfig) -> None:
     heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=6))["heldout"]
     rows, _, truths = render_prompts(heldout, SceneGenerator(scene_config, 0), 1)

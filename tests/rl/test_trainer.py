@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from selftok.rl.params import RLParams
-from selftok.rl.trainer import RLRun, draw_prompts, policy_logprobs, pretraining_loss, train_grpo, visual_logits
+from selftok.rl.trainer import RLRun, Scored, draw_prompts, policy_logprobs, pretraining_loss, train_grpo, visual_logits
 from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.vlm.generate import generate_images
 from selftok.vlm.model import build_lm
@@ -28,7 +28,7 @@ def tiny_run(seed: int = 0) -> RLRun:
 
     def share_of_target(rows, codes):  # "use colour red": here, use code 3
         rewards = (codes == TARGET).float().mean(1)
-        return rewards, (rewards > 0.5).tolist()
+        return Scored(rewards, (rewards > 0.5).tolist())
 
     return RLRun(lm, tokenizer, decode=lambda codes: codes, reward=share_of_target, features=lambda codes: codes.float(),
                  prompts=PROMPTS, sampling=SamplingParams(cfg_scale=1.0, batch_size=64), seed=seed)

@@ -13,6 +13,11 @@ a wrong one that the evaluator happens to score higher.
 The score is the mean over categories of the share of correct images (GenEval's overall).
 The RL reward gives partial credit: the mean of the sub-checks (present, count, colour,
 position), which is 1 exactly when the image is correct.
+
+Like GenEval, the rules ignore objects nobody asked for: "a photo of a circle" passes with four
+shapes drawn, one of them a circle. RL finds this (docs/rl_finetune.md, tenth session), so every
+judgement also counts the ``extra`` objects, the benchmark reports their mean, and the RL reward
+can take a sub-check against them (``Judgement.shaped_reward``).
 """
 
 from __future__ import annotations
@@ -164,10 +169,20 @@ class Judgement:
     correct: bool
     checks: dict[str, float] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
+    asked: int = 0  # objects the prompt asks for
+    extra: int = 0  # objects found beyond those (the rules do not look at them)
 
     @property
     def reward(self) -> float:
-        return sum(self.checks.values()) / len(self.checks) if self.checks else float(self.correct)
+        return self.shaped_reward(penalize_extra=False)
+
+    def shaped_reward(self, penalize_extra: bool) -> float:
+        """Mean of the sub-checks; with ``penalize_extra`` one more, asked / (asked + extra), so
+        that drawing objects nobody asked for costs reward even where the rules ignore them."""
+        checks = list(self.checks.values())
+        if penalize_extra:
+            checks.append(self.asked / (self.asked + self.extra) if self.asked else float(self.extra == 0))
+        return sum(checks) / len(checks) if checks else float(self.correct)
 
 
 def judge(record: Record, objects: Sequence[ParsedObject]) -> Judgement:
@@ -176,7 +191,8 @@ def judge(record: Record, objects: Sequence[ParsedObject]) -> Judgement:
     for obj in sorted(objects, key=lambda o: -o.score):
         by_class.setdefault(obj.shape, []).append(obj)
     limits = {ex["class"]: ex["count"] for ex in record.get("exclude", [])}
-    result = Judgement(correct=True)
+    asked = sum(req["count"] for req in record.get("include", []))
+    result = Judgement(correct=True, asked=asked, extra=max(0, len(objects) - asked))
     groups: list[list[ParsedObject] | None] = []
 
     def fail(reason: str) -> None:

@@ -35,6 +35,8 @@ class RLParams(StrictModel):
     clip: float = Field(0.2, gt=0.0, lt=1.0)  # ratio clipping, active when updates_per_batch > 1
     updates_per_batch: Positive = 1  # >1: the old-policy variant (PPO-style ratios on reused samples)
     advantage_eps: float = Field(1e-4, gt=0.0)
+    # reward: one more sub-check, asked / (asked + extra objects), against clutter GenEval's rules let pass
+    penalize_extra_objects: bool = False
     # pretraining mix (InstructGPT's PPO-ptx): ptx_coef x the pretraining next-token loss on ptx_batch
     # sequences of the arm's training codes, added to every update, anchors the policy on all prompts (0: off)
     ptx_coef: float = Field(0.0, ge=0.0)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -90,15 +90,23 @@ class RLResult:
     collapse: str | None = None  # what the guard saw
 
 
-RewardFn = Callable[[Sequence[Record], torch.Tensor], tuple[torch.Tensor, list[bool]]]
+class Scored(NamedTuple):
+    reward: torch.Tensor  # [N]
+    correct: list[bool]
+    extra: list[int] | None = None  # objects drawn beyond those asked (None: not counted)
 
 
-def evaluator_reward(evaluator: SceneEvaluator) -> RewardFn:
-    """The benchmark's judge as a reward: partial credit per sub-check, and whether fully correct."""
+RewardFn = Callable[[Sequence[Record], torch.Tensor], Scored]
 
-    def reward(rows: Sequence[Record], images: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+
+def evaluator_reward(evaluator: SceneEvaluator, penalize_extra: bool = False) -> RewardFn:
+    """The benchmark's judge as a reward: partial credit per sub-check (with ``penalize_extra``, also
+    one against objects nobody asked for), whether fully correct, and the extra objects."""
+
+    def reward(rows: Sequence[Record], images: torch.Tensor) -> Scored:
         judgements = judge_images(rows, images, evaluator)
-        return torch.tensor([j.reward for j in judgements]), [j.correct for j in judgements]
+        return Scored(torch.tensor([j.shaped_reward(penalize_extra) for j in judgements]), [j.correct for j in judgements],
+                      [j.extra for j in judgements])
 
     return reward
 
@@ -183,7 +191,7 @@ def train_grpo(
         codes = generate_images(lm, tokenizer, [r["prompt"] for r in records], params.group_size, s.cfg_scale,
                                 s.temperature, s.top_k, run.seed * 100_003 + step, s.batch_size, min_p=s.min_p)
         images = run.decode(codes)
-        rewards, correct = run.reward(rows, images)
+        rewards, correct, extra = run.reward(rows, images)
         advantages = group_advantages(rewards, params.group_size, params.advantage_eps)
         captions = tokenizer.encode_text([r["prompt"] for r in rows])
         with torch.no_grad():
@@ -207,6 +215,7 @@ def train_grpo(
         logs: dict[str, Any] = {
             "reward": float(rewards.mean()),
             "correct": sum(correct) / len(correct),
+            **({"extra_objects": sum(extra) / len(extra)} if extra is not None else {}),
             "loss": float(loss.detach()),
             **({"ptx_loss": float(ptx.detach())} if ptx is not None else {}),
             "kl": float(parts.kl),

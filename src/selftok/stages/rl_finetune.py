@@ -56,7 +56,7 @@ def run(ctx: StageContext) -> Metrics:
         task = VLMTask(vlm.lm, vlm.tokenizer, vlm.tokenizer.encode_text(train.captions), train.codes, ctx.params.vlm, vlm.lm.device)
         ptx = pretraining_loss(task, params.ptx_batch, seed)
     result = train_grpo(
-        RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator), evaluator.features, prompt_sets(ctx.params)["train"],
+        RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator, params.penalize_extra_objects), evaluator.features, prompt_sets(ctx.params)["train"],
               ctx.params.vlm.sampling, seed, ptx),
         params,
         ctx.path(arm.rl_checkpoints),
@@ -86,6 +86,7 @@ def run(ctx: StageContext) -> Metrics:
             "kl_last5": mean(last, "kl"),
             "kl_exact_last5": mean(last, "kl_exact"),
             "distinct_codes_last5": mean(last, "distinct_codes"),
+            "extra_objects_last5": mean(last, "extra_objects"),
             "feature_spread_first5": mean(first, "feature_spread"),
             "feature_spread_last5": mean(last, "feature_spread"),
             **({"ptx_loss_last5": mean(last, "ptx_loss")} if ptx is not None else {}),
