@@ -98,7 +98,7 @@ def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
 def table(rows: list[dict[str, Any]], real: float) -> str:
     """The finished seeds as a Markdown table: score per category, diversity (``real``: the spread of
     real renders), objects drawn beyond those asked, training reward and KL."""
-    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", "extra objects",
+    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", "extra objects", "strict overall",
             "train reward first → last 5", "KL last 5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -107,7 +107,7 @@ def table(rows: list[dict[str, Any]], real: float) -> str:
         kl = stage["kl_exact_last5"] if stage.get("kl_exact_last5") is not None else stage["kl_last5"]
         cells = [seed, f"{rl['overall']:.3f} ({r['gain']['overall'] * 100:+.1f})", *(f"{rl[c]:.3f}" for c in CATEGORIES),
                  f"{rl['diversity']['feature_spread']:.2f}", f"{rl['diversity']['distinct_codes']:.1%}",
-                 f"{rl['extra_objects']:.2f}" if "extra_objects" in rl else "-",  # results from before it was counted
+                 *(f"{rl[k]:.{d}f}" if k in rl else "-" for k, d in (("extra_objects", 2), ("overall_strict", 3))),  # "-": scored before
                  f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -127,6 +127,7 @@ def summarize(out: Path) -> dict[str, Any]:
         "feature_spread": [r["rl"]["diversity"]["feature_spread"] for r in rows],
         "distinct_codes": [r["rl"]["diversity"]["distinct_codes"] for r in rows],
         "extra_objects": [r["rl"].get("extra_objects") for r in rows],
+        "overall_strict": [r["rl"].get("overall_strict") for r in rows],
         "collapsed_at": [r["stage"]["rl"]["collapsed_at"] for r in rows],
     }
 

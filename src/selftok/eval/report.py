@@ -115,6 +115,10 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
         "category": "extra objects per image",
         **{m: generation.get(m, {}).get("extra_objects") for m in ("pretrained", "rl")},
     })
+    gen_rows.append({
+        "category": "overall, correct with no extra object",
+        **{m: generation.get(m, {}).get("overall_strict") for m in ("pretrained", "rl")},
+    })
     promotion = metrics.get("promotion", {})
     comparison = side_by_side(metrics)
     control = [

@@ -70,9 +70,10 @@ def generation(
     lm: PreTrainedModel, tokenizer: VLMTokenizer, records: Sequence[Record], decode: DecodeFn,
     evaluator: SceneEvaluator, sampling: SamplingParams,
 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """GenEval-style summary (overall = mean over categories, plus the mean number of objects drawn
-    beyond those asked for) of samples_per_prompt images per prompt; returns the summary and the
-    decoded images (prompt-major)."""
+    """GenEval-style summary (overall = mean over categories) of samples_per_prompt images per prompt,
+    plus the mean number of objects drawn beyond those asked for and the overall score of images
+    that are correct with none (``overall_strict``); returns the summary and the decoded images
+    (prompt-major)."""
     n = sampling.samples_per_prompt
     codes = generate_images(
         lm, tokenizer, [r["prompt"] for r in records], n, sampling.cfg_scale, sampling.temperature,
@@ -83,6 +84,7 @@ def generation(
     judged = [judge(r, objs) for r, objs in zip(rows, evaluator.parse(images), strict=True)]
     summary = summarize(rows, (j.correct for j in judged))
     summary["extra_objects"] = sum(j.extra for j in judged) / len(judged)  # clutter the rules let pass
+    summary["overall_strict"] = summarize(rows, (j.correct and not j.extra for j in judged))["overall"]  # and none drawn
     return summary, images
 
 
