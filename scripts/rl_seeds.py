@@ -43,10 +43,10 @@ from selftok.stages.evaluate import (
     benchmark_renders,
     benchmark_sampling,
     reference_diversity,
+    reference_images,
 )
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.rl_finetune import EVALUATOR
-from selftok.tokenizer.registry import AnyTokenizer
 from selftok.tracking import file_hash
 from selftok.vlm.decode import render_fn
 from selftok.vlm.model import SelftokVLM
@@ -58,29 +58,30 @@ COPIED = ("dvc.yaml", SELFTOK.vlm, SELFTOK.codes, SELFTOK.tokenizer, SELFTOK.ren
 
 @dataclass(frozen=True)
 class Benchmark:
-    """What scores a VLM on the benchmark: the root's tokenizer with its renderer, and its evaluator
-    (RL changes neither, so one load serves the pretrained model and every seed)."""
+    """What scores a VLM on the benchmark: the root's tokenizer with its renderer, its evaluator, and
+    the real renders of the benchmark prompts through them (RL changes none of these, so one load
+    serves the pretrained model and every seed)."""
 
-    tokenizer: AnyTokenizer
     decode: DecodeFn
     evaluator: SceneEvaluator
     params: Params
+    real: torch.Tensor  # reference_images: the real renders through the tokenizer
 
     @classmethod
     def load(cls, root: Path, params: Params) -> Benchmark:
         tokenizer = SELFTOK.load_tokenizer(root, with_renderer=True)  # names a missing model folder
-        return cls(tokenizer, render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR), params)
+        decode = render_fn(tokenizer)
+        return cls(decode, SceneEvaluator.load(root / EVALUATOR), params, reference_images(tokenizer, decode, benchmark_renders(params)))
 
     def score(self, model: Path) -> dict[str, Any]:
-        """The evaluate stage's held-out generation scores of one VLM (per category and diversity)."""
+        """The evaluate stage's held-out generation scores of one VLM (per category, diversity, distance to real)."""
         summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), heldout_records(self.params), self.decode,
-                                          self.evaluator, benchmark_sampling(self.params))
+                                          self.evaluator, benchmark_sampling(self.params), self.real)
         return summary
 
     def reference(self) -> dict[str, float]:
         """Diversity of real renders of the benchmark prompts through the tokenizer (evaluate's reference)."""
-        return reference_diversity(self.tokenizer, self.decode, self.evaluator, benchmark_renders(self.params),
-                                   benchmark_sampling(self.params).samples_per_prompt)
+        return reference_diversity(self.evaluator, self.real, benchmark_sampling(self.params).samples_per_prompt)
 
 
 def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
@@ -97,8 +98,9 @@ def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
 
 def table(rows: list[dict[str, Any]], real: float) -> str:
     """The finished seeds as a Markdown table: score per category, diversity (``real``: the spread of
-    real renders), objects drawn beyond those asked, training reward and KL."""
-    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", "extra objects", "strict overall",
+    real renders), objects drawn beyond those asked, strict score, distance to real renders, training
+    reward and KL."""
+    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", "extra objects", "strict overall", "Frechet to real",
             "train reward first → last 5", "KL last 5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -107,7 +109,8 @@ def table(rows: list[dict[str, Any]], real: float) -> str:
         kl = stage["kl_exact_last5"] if stage.get("kl_exact_last5") is not None else stage["kl_last5"]
         cells = [seed, f"{rl['overall']:.3f} ({r['gain']['overall'] * 100:+.1f})", *(f"{rl[c]:.3f}" for c in CATEGORIES),
                  f"{rl['diversity']['feature_spread']:.2f}", f"{rl['diversity']['distinct_codes']:.1%}",
-                 *(f"{rl[k]:.{d}f}" if k in rl else "-" for k, d in (("extra_objects", 2), ("overall_strict", 3))),  # "-": scored before
+                 *(f"{rl[k]:.{d}f}" if k in rl else "-"  # "-": scored before it was measured
+                   for k, d in (("extra_objects", 2), ("overall_strict", 3), ("frechet_to_real", 1))),
                  f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -128,6 +131,7 @@ def summarize(out: Path) -> dict[str, Any]:
         "distinct_codes": [r["rl"]["diversity"]["distinct_codes"] for r in rows],
         "extra_objects": [r["rl"].get("extra_objects") for r in rows],
         "overall_strict": [r["rl"].get("overall_strict") for r in rows],
+        "frechet_to_real": [r["rl"].get("frechet_to_real") for r in rows],
         "collapsed_at": [r["stage"]["rl"]["collapsed_at"] for r in rows],
     }
 

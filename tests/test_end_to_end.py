@@ -117,7 +117,8 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
     assert result["pretrained"]["overall"] == evaluated["overall"]  # the same benchmark as the evaluate stage
-    assert evaluated["extra_objects"] >= 0
+    assert evaluated["extra_objects"] >= 0 and evaluated["frechet_to_real"] > 0
+    assert result["pretrained"]["frechet_to_real"] == evaluated["frechet_to_real"]  # the same real renders as evaluate's
     assert not (project / "ablation_runs").exists() and tracking.file_hash(project / "models" / "vlm_rl") == rl_model  # untouched
 
     again = subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],

@@ -27,6 +27,7 @@ from selftok.data.codes import load_codes
 from selftok.data.dataset import ImageSet, load_split, to_uint8, to_unit
 from selftok.data.scenes import CATEGORIES, SceneGenerator
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
+from selftok.eval.fidelity import frechet_distance
 from selftok.eval.geneval import render_prompts, scene_config
 from selftok.eval.reconstruction import reconstruction_table, row
 from selftok.eval.report import IMAGES, REPORTS, build_report
@@ -62,13 +63,20 @@ def entropy_by_position(vlm: SelftokVLM, captions: list[str], codes: torch.Tenso
 
 
 def benchmark_generation(
-    vlm: SelftokVLM, records: list[dict[str, Any]], decode: DecodeFn, evaluator: SceneEvaluator, sampling: SamplingParams
+    vlm: SelftokVLM, records: list[dict[str, Any]], decode: DecodeFn, evaluator: SceneEvaluator, sampling: SamplingParams,
+    reference: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """One model's GenEval-style scores on the benchmark prompts, with the diversity of its images
-    within each prompt (a high score from one image per prompt is collapse, not skill)."""
+    within each prompt (a high score from one image per prompt is collapse, not skill) and, given
+    ``reference`` (real renders of the same prompts, ``reference_images``), the Frechet distance of
+    its images to them on the evaluator's features: how far the images left the data to win the
+    judge (a reward hack scores well on the rules and far on this)."""
     summary, images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
     summary.pop("images", None)
-    summary["diversity"] = diversity(to_uint8(images).flatten(1), evaluator.features(images), sampling.samples_per_prompt)
+    features = evaluator.features(images)
+    summary["diversity"] = diversity(to_uint8(images).flatten(1), features, sampling.samples_per_prompt)
+    if reference is not None:
+        summary["frechet_to_real"] = frechet_distance(features, evaluator.features(reference))
     return summary, images
 
 
@@ -79,11 +87,15 @@ def benchmark_renders(params: Params) -> torch.Tensor:
     return renders
 
 
-def reference_diversity(tokenizer: AnyTokenizer, decode: DecodeFn, evaluator: SceneEvaluator, renders: torch.Tensor,
-                        group_size: int) -> dict[str, float]:
-    """The diversity generations are measured against: real renders of the same prompts through this
-    tokenizer (a right answer varies only in layout, so spread falls as scores rise)."""
-    real = batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)
+def reference_images(tokenizer: AnyTokenizer, decode: DecodeFn, renders: torch.Tensor) -> torch.Tensor:
+    """Real renders of the benchmark prompts through this tokenizer: what its generations can at best
+    look like, the reference for their diversity and their distance to the data."""
+    return batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)
+
+
+def reference_diversity(evaluator: SceneEvaluator, real: torch.Tensor, group_size: int) -> dict[str, float]:
+    """The diversity generations are measured against: that of ``reference_images`` (a right answer
+    varies only in layout, so spread falls as scores rise)."""
     return diversity(to_uint8(real).flatten(1), evaluator.features(real), group_size)
 
 
@@ -147,8 +159,9 @@ def score_arm(
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
+    real = reference_images(tokenizer, decode, renders)
     for name, vlm in vlms.items():
-        gen[name], images = benchmark_generation(vlm, records, decode, evaluator, sampling)
+        gen[name], images = benchmark_generation(vlm, records, decode, evaluator, sampling, real)
         picks = torch.cat([images[i * n : (i + 1) * n] for i in range(0, len(records), max(1, len(records) // 12))][:12])
         image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation{arm.suffix}_{name}.png")
         entropy[name] = entropy_by_position(vlm, codes.captions, codes.codes)
@@ -160,7 +173,7 @@ def score_arm(
         "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size),
         "generation": gen,
         "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]},
-        "diversity_reference": reference_diversity(tokenizer, decode, evaluator, renders, n),
+        "diversity_reference": reference_diversity(evaluator, real, n),
         "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
         "ar_probe": {"entropy_first": pretrained[0], "entropy_last": pretrained[-1], "entropy_mean": sum(pretrained) / k_all,
                      "entropy_by_position": {str(i + 1): e for i, e in enumerate(pretrained)}},
