@@ -43,12 +43,11 @@ from selftok.stages.evaluate import (
     benchmark_renders,
     benchmark_sampling,
     reference_diversity,
-    reference_images,
 )
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.rl_finetune import EVALUATOR
 from selftok.tracking import file_hash
-from selftok.vlm.decode import render_fn
+from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import DecodeFn
 

@@ -39,3 +39,12 @@ def test_feature_spread_is_measured_against_the_runs_first_window() -> None:
 def test_an_inactive_guard_never_trips() -> None:
     guard = DiversityGuard(0.0, 0.0, 3)
     assert not guard.active and run_guard(guard, steps([0.0] * 5, [0.0] * 5)) is None
+
+
+def test_realism_check_trips_on_images_that_leave_the_data_while_diversity_holds() -> None:
+    drifting = [h | {"frechet_to_real": f} for h, f in zip(steps([1.0] * 8, [4.0] * 8), [0.5, 0.6, 0.7, 0.9, 1.4, 2.5, 3.0, 4.0], strict=True)]
+    assert run_guard(DiversityGuard(0.6, 0.15, 3), drifting) is None  # both diversity measures pass
+    guard = DiversityGuard(0.6, 0.15, 3, max_frechet_ratio=3.0)
+    step, reason = run_guard(guard, drifting)
+    assert guard.frechet_reference == pytest.approx(0.6)
+    assert step == 7 and "Frechet distance to real renders 2.30 > 3.00 x 0.60" in reason  # (1.4 + 2.5 + 3.0) / 3; steps 4-6: 1.60

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import json
 import random
 from pathlib import Path
 
@@ -174,3 +175,21 @@ def test_pretraining_mix_holds_the_policy_to_its_data(tmp_path: Path) -> None:
     assert all("ptx_loss" in h for h in history)
     assert data_loss(mixed) < data_loss(plain) and data_loss(plain) > before  # RL alone drifts off the data
     assert history[-1]["reward"] > history[0]["reward"]  # and the reward still rises
+
+
+def test_realism_check_stops_a_run_whose_samples_leave_the_data(tmp_path: Path) -> None:
+    """Samples pulled onto the rewarded code move away from "real" features (the untrained policy's own
+    samples here): the realism check stops the run, and the checkpoints keep its first-window baseline."""
+    run = tiny_run()
+    with torch.no_grad():
+        real = generate_images(run.lm, run.tokenizer, [p["prompt"] for p in PROMPTS], 64, 1.0, 1.0, 0, 99, 64).float()
+    run.real_features = real
+    params = RLParams(steps=60, prompts_per_step=2, group_size=8, lr=3e-3, beta=0.0, checkpoint_every=4, guard_window=3,
+                      max_frechet_ratio=3.0)
+    result = train_grpo(run, params, tmp_path / "ckpt")
+    assert all("frechet_to_real" in h for h in result.history)
+    assert result.collapse is not None and result.collapse.startswith("Frechet distance to real renders"), result.collapse
+    frechet = [h["frechet_to_real"] for h in result.history]
+    assert sum(frechet[-3:]) / 3 > 3 * sum(frechet[:3]) / 3 and result.steps < result.collapsed_at
+    state = json.loads((tmp_path / "ckpt" / f"step_{result.steps:07d}" / "state.json").read_text())
+    assert state["frechet_reference"] == pytest.approx(sum(frechet[:3]) / 3)  # a resumed run keeps the baseline

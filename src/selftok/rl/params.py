@@ -47,6 +47,10 @@ class RLParams(StrictModel):
     min_distinct: float = Field(0.0, ge=0.0, le=1.0)
     min_spread_ratio: float = Field(0.0, ge=0.0, le=1.0)
     guard_window: Positive = 10
+    # realism: the samples' Frechet distance to real renders of realism_prompts RL prompts per category is logged;
+    # the guard stops when, over guard_window steps, it exceeds max_frechet_ratio x that of the first window (0: off)
+    max_frechet_ratio: float = Field(0.0, ge=0.0)
+    realism_prompts: Positive = 8
     checkpoint_every: Positive = 10
     log_every: Positive = 1
     sample_every: Positive = 20  # steps between logged sample grids

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from selftok.eval.evaluator import SceneEvaluator
+from selftok.eval.fidelity import frechet_distance
 from selftok.eval.geneval import judge_images
 from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
 from selftok.rl.guard import DiversityGuard
@@ -124,6 +125,7 @@ class RLRun:
     sampling: SamplingParams
     seed: int
     ptx: Callable[[int], torch.Tensor] | None = None  # step -> the policy's pretraining loss (rl.ptx_coef > 0)
+    real_features: torch.Tensor | None = None  # evaluator features of real renders of RL prompts (the realism check)
 
 
 def pretraining_loss(task: VLMTask, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
@@ -165,13 +167,14 @@ def train_grpo(
     lm, tokenizer, s = run.lm, run.tokenizer, run.sampling
     reference = copy.deepcopy(lm).eval().requires_grad_(False) if params.beta > 0 else None
     optimizer = torch.optim.AdamW(lm.parameters(), lr=params.lr, weight_decay=params.weight_decay, betas=(0.9, 0.95))
-    guard = DiversityGuard(params.min_distinct, params.min_spread_ratio, params.guard_window)
+    guard = DiversityGuard(params.min_distinct, params.min_spread_ratio, params.guard_window,
+                           params.max_frechet_ratio if run.real_features is not None else 0.0)
     start, end, extra = 0, params.steps, {}
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
         start, state, extra = load_checkpoint(latest, optimizer)
         lm.load_state_dict(state)
-        guard.spread_reference = extra.get("spread_reference")
+        guard.spread_reference, guard.frechet_reference = extra.get("spread_reference"), extra.get("frechet_reference")
         log.info("rl: resumed from %s (step %d)", latest, start)
     keep = params.guard_window // params.checkpoint_every + 2 if guard.active else 1  # one from before the window
     if latest is None and guard.active:  # the guard always has a checkpoint to fall back to
@@ -212,6 +215,7 @@ def train_grpo(
             grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), params.grad_clip)
             optimizer.step()
         entropy = token_entropy(logits.detach()).mean(0)
+        features = run.features(images)
         logs: dict[str, Any] = {
             "reward": float(rewards.mean()),
             "correct": sum(correct) / len(correct),
@@ -227,7 +231,8 @@ def train_grpo(
             "entropy_last_token": float(entropy[-1]),
             "entropy_mean": float(entropy.mean()),
             "reward_by_category": _by_category(rows, rewards),
-            **diversity(codes, run.features(images), params.group_size),
+            **diversity(codes, features, params.group_size),
+            **({"frechet_to_real": frechet_distance(features, run.real_features)} if run.real_features is not None else {}),
         }
         result.history.append({k: v for k, v in logs.items() if isinstance(v, float)})
         if on_log and (step + 1) % params.log_every == 0:
@@ -247,7 +252,8 @@ def train_grpo(
             break
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer,
-                            {"seed": run.seed, "spread_reference": guard.spread_reference}, keep)
+                            {"seed": run.seed, "spread_reference": guard.spread_reference,
+                             "frechet_reference": guard.frechet_reference}, keep)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from selftok import promotion, tracking
 from selftok.config import Params, params_hash
 from selftok.data.codes import load_codes
-from selftok.data.dataset import ImageSet, load_split, to_uint8, to_unit
+from selftok.data.dataset import ImageSet, load_split, to_uint8
 from selftok.data.scenes import CATEGORIES, SceneGenerator
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
 from selftok.eval.fidelity import frechet_distance
@@ -37,12 +37,10 @@ from selftok.stages.arms import ARMS, SELFTOK, Arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.train_tokenizer import write_csv
-from selftok.tokenizer.metrics import batched
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.quantizer import code_usage
-from selftok.tokenizer.registry import AnyTokenizer
 from selftok.viz import image_grid
-from selftok.vlm.decode import render_fn
+from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.params import SamplingParams
 from selftok.vlm.scores import DecodeFn, comprehension, generation
@@ -85,12 +83,6 @@ def benchmark_renders(params: Params) -> torch.Tensor:
     generator = SceneGenerator(scene_config(params), params.data.scenes.seed)
     _, renders, _ = render_prompts(heldout_records(params), generator, benchmark_sampling(params).samples_per_prompt)
     return renders
-
-
-def reference_images(tokenizer: AnyTokenizer, decode: DecodeFn, renders: torch.Tensor) -> torch.Tensor:
-    """Real renders of the benchmark prompts through this tokenizer: what its generations can at best
-    look like, the reference for their diversity and their distance to the data."""
-    return batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)
 
 
 def reference_diversity(evaluator: SceneEvaluator, real: torch.Tensor, group_size: int) -> dict[str, float]:

@@ -20,13 +20,16 @@ import torch
 from selftok import tracking
 from selftok.data.codes import load_codes
 from selftok.data.dataset import to_uint8
+from selftok.data.scenes import SceneGenerator
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.geneval import prompt_sets
+from selftok.eval.geneval import prompt_sets, render_prompts, scene_config
 from selftok.rl.trainer import RLRun, evaluator_reward, pretraining_loss, train_grpo
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
+from selftok.vlm.decode import reference_images
 from selftok.vlm.model import SelftokVLM
+from selftok.vlm.scores import per_category
 from selftok.vlm.train import VLMTask
 
 log = logging.getLogger(__name__)
@@ -55,9 +58,14 @@ def run(ctx: StageContext) -> Metrics:
         train = load_codes(ctx.root, "train", folder=arm.codes)
         task = VLMTask(vlm.lm, vlm.tokenizer, vlm.tokenizer.encode_text(train.captions), train.codes, ctx.params.vlm, vlm.lm.device)
         ptx = pretraining_loss(task, params.ptx_batch, seed)
+    prompts = prompt_sets(ctx.params)["train"]
+    # real renders of RL prompts through the tokenizer: how far samples stray from the data (logged; the guard's realism check)
+    generator = SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed)
+    _, renders, _ = render_prompts(per_category(prompts, params.realism_prompts), generator, params.group_size)
+    real = evaluator.features(reference_images(arm.load_tokenizer(ctx.root, with_renderer=True), decode, renders))
     result = train_grpo(
-        RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator, params.penalize_extra_objects), evaluator.features, prompt_sets(ctx.params)["train"],
-              ctx.params.vlm.sampling, seed, ptx),
+        RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator, params.penalize_extra_objects), evaluator.features, prompts,
+              ctx.params.vlm.sampling, seed, ptx, real),
         params,
         ctx.path(arm.rl_checkpoints),
         on_log=lambda step, logs: ctx.log_metrics({"rl": logs}, step),
@@ -86,6 +94,8 @@ def run(ctx: StageContext) -> Metrics:
             "kl_last5": mean(last, "kl"),
             "kl_exact_last5": mean(last, "kl_exact"),
             "distinct_codes_last5": mean(last, "distinct_codes"),
+            "frechet_to_real_first5": mean(first, "frechet_to_real"),
+            "frechet_to_real_last5": mean(last, "frechet_to_real"),
             "extra_objects_last5": mean(last, "extra_objects"),
             "feature_spread_first5": mean(first, "feature_spread"),
             "feature_spread_last5": mean(last, "feature_spread"),

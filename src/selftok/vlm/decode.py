@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from selftok.data.dataset import to_unit
+from selftok.tokenizer.metrics import batched
 from selftok.vlm.scores import DecodeFn
 
 
@@ -18,3 +20,9 @@ def render_fn(tokenizer: Any, device: torch.device | str = "cpu") -> DecodeFn:
         return tokenizer.render(codes.to(device)).cpu()
 
     return decode
+
+
+def reference_images(tokenizer: Any, decode: DecodeFn, renders: torch.Tensor) -> torch.Tensor:
+    """uint8 real renders through the tokenizer and its decoder: what generations can at best look
+    like, the reference for their diversity and for their distance to the data."""
+    return batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)
