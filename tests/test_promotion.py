@@ -22,6 +22,13 @@ def test_equal_scores_never_promote_even_with_zero_margin() -> None:
     assert promotion.decide(0.51, 0.5, margin=0.0).promote
 
 
+def test_a_gain_that_loses_the_strict_score_is_refused() -> None:
+    pretrained = {"overall": 0.15, "overall_strict": 0.14}
+    hacked = promotion.refuse_hack({"overall": 0.37, "overall_strict": 0.0}, pretrained, 0.37, margin=0.02)
+    assert hacked is not None and not hacked.promote and "strict score 0.0000 is 0.1400 below" in hacked.reason
+    assert promotion.refuse_hack({"overall": 0.2, "overall_strict": 0.13}, pretrained, 0.2, margin=0.02) is None  # within margin
+
+
 def test_aliases_follow_decisions(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"model_type": "selftok-tokenizer"}')

@@ -2,7 +2,9 @@
 
 A newly trained model version always gets the `challenger` alias. It takes `champion` only
 when its score on the same held-out benchmark beats the current champion's by at least the
-margin (or when there is no champion yet). The decision and both scores are recorded as tags
+margin (or when there is no champion yet), and never when it scores below its own pretrained
+model by more than the margin on the strict score (correct with no extra object): a model that
+wins GenEval's rules by drawing clutter is a reward hack, not an improvement. The decision and both scores are recorded as tags
 on the model version, so the registry itself says why each version holds its alias.
 """
 
@@ -32,6 +34,15 @@ def decide(challenger_score: float, champion_score: float | None, margin: float)
     if gain >= margin and gain > 0:
         return Decision(True, f"beats champion by {gain:+.4f} (margin {margin})", challenger_score, champion_score, margin)
     return Decision(False, f"gain {gain:+.4f} below margin {margin}", challenger_score, champion_score, margin)
+
+
+def refuse_hack(challenger: dict[str, float], pretrained: dict[str, float], score: float, margin: float) -> Decision | None:
+    """A refusal when RL lost more than ``margin`` of its pretrained model's strict score, else None."""
+    drop = pretrained["overall_strict"] - challenger["overall_strict"]
+    if drop > margin:
+        return Decision(False, f"strict score {challenger['overall_strict']:.4f} is {drop:.4f} below its pretrained model's "
+                        f"(margin {margin}): the gain comes from objects nobody asked for", score, None, margin)
+    return None
 
 
 def apply(model_name: str, version: str, decision: Decision) -> str | None:

@@ -209,7 +209,11 @@ def run(ctx: StageContext) -> Metrics:
         tags = MlflowClient().get_model_version(VLM_NAME, champion).tags
         if tags.get("benchmark.hash") == benchmark and "benchmark.overall" in tags:
             champion_score = float(tags["benchmark.overall"])
-    if champion is not None and champion != challenger and champion_score is None:
+    generation = selftok.metrics["generation"]
+    hack = promotion.refuse_hack(generation["rl"], generation["pretrained"], overall, params.promotion_margin)
+    if hack is not None:
+        decision = hack
+    elif champion is not None and champion != challenger and champion_score is None:
         decision = promotion.Decision(False, f"champion v{champion} was scored on another benchmark; kept (move the alias "
                                       "by hand if the new one should replace it)", overall, None, params.promotion_margin)
     else:
