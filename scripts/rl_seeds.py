@@ -95,12 +95,14 @@ def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
     (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def table(rows: list[dict[str, Any]], real: float) -> str:
-    """The finished seeds as a Markdown table: score per category, diversity (``real``: the spread of
+def table(rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
+    """The finished seeds as a Markdown table: score per category, diversity (``reference``: that of
     real renders), objects drawn beyond those asked, strict score, distance to real renders, training
     reward and KL."""
-    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", "extra objects", "strict overall", "Frechet to real",
-            "train reward first → last 5", "KL last 5"]
+    real, real_pixels = reference["feature_spread"], reference.get("pixel_spread")
+    real_pixels = "-" if real_pixels is None else f"{real_pixels:.3f}"  # a pretrained.json from before it was measured
+    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", f"pixel spread (real {real_pixels})",
+            "extra objects", "strict overall", "Frechet to real", "train reward first → last 5", "KL last 5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stage, rl = r["stage"]["rl"], r["rl"]
@@ -108,6 +110,7 @@ def table(rows: list[dict[str, Any]], real: float) -> str:
         kl = stage["kl_exact_last5"] if stage.get("kl_exact_last5") is not None else stage["kl_last5"]
         cells = [seed, f"{rl['overall']:.3f} ({r['gain']['overall'] * 100:+.1f})", *(f"{rl[c]:.3f}" for c in CATEGORIES),
                  f"{rl['diversity']['feature_spread']:.2f}", f"{rl['diversity']['distinct_codes']:.1%}",
+                 f"{rl['diversity']['pixel_spread']:.3f}" if "pixel_spread" in rl["diversity"] else "-",
                  *(f"{rl[k]:.{d}f}" if k in rl else "-"  # "-": scored before it was measured
                    for k, d in (("extra_objects", 2), ("overall_strict", 3), ("frechet_to_real", 1))),
                  f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}"]
@@ -118,8 +121,8 @@ def table(rows: list[dict[str, Any]], real: float) -> str:
 def summarize(out: Path) -> dict[str, Any]:
     """Gains of the finished seeds under ``out`` (points: per seed, mean, sample sd); writes table.md beside."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*/result.json"), key=lambda p: int(p.parent.name[5:]))]
-    real = json.loads((out.parent / "pretrained.json").read_text())["diversity_reference"]["feature_spread"]
-    (out / "table.md").write_text(table(rows, real))
+    reference = json.loads((out.parent / "pretrained.json").read_text())["diversity_reference"]
+    (out / "table.md").write_text(table(rows, reference))
     gains = [r["gain"]["overall"] * 100 for r in rows]
     return {
         "seeds": [r["seed"] for r in rows],

@@ -11,7 +11,16 @@ import torch
 from safetensors.torch import load_file
 
 from selftok.rl.params import RLParams
-from selftok.rl.trainer import RLRun, Scored, draw_prompts, policy_logprobs, pretraining_loss, train_grpo, visual_logits
+from selftok.rl.trainer import (
+    RLRun,
+    Scored,
+    diversity,
+    draw_prompts,
+    policy_logprobs,
+    pretraining_loss,
+    train_grpo,
+    visual_logits,
+)
 from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.vlm.generate import generate_images
 from selftok.vlm.model import build_lm
@@ -193,3 +202,17 @@ def test_realism_check_stops_a_run_whose_samples_leave_the_data(tmp_path: Path) 
     assert sum(frechet[-3:]) / 3 > 3 * sum(frechet[:3]) / 3 and result.steps < result.collapsed_at
     state = json.loads((tmp_path / "ckpt" / f"step_{result.steps:07d}" / "state.json").read_text())
     assert state["frechet_reference"] == pytest.approx(sum(frechet[:3]) / 3)  # a resumed run keeps the baseline
+
+
+def test_pixel_spread_sees_near_copies_that_codes_and_features_do_not() -> None:
+    """Two groups of four: near-copies with distinct codes and scattered features, and varied images."""
+    copies = torch.zeros(4, 3, 8, 8)
+    copies[:, :, 2:4, 2:4] = 1.0
+    copies[torch.arange(4), 0, 0, torch.arange(4)] = 0.1  # one faint pixel apart
+    varied = torch.stack([torch.roll(copies[0], shifts=3 * i, dims=2) for i in range(4)])
+    codes = torch.arange(8)[:, None].repeat(1, 3)  # every code sequence distinct
+    features = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))  # the same scatter in both groups
+    near = diversity(codes[:4], features[:4], copies * 2 - 1, 4)
+    apart = diversity(codes[4:], features[4:], varied * 2 - 1, 4)
+    assert near["distinct_codes"] == apart["distinct_codes"] == 1.0 and near["feature_spread"] > 0
+    assert near["pixel_spread"] < 0.01 < apart["pixel_spread"]

@@ -111,6 +111,11 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
         **{m: generation.get(m, {}).get("diversity", {}).get("feature_spread") for m in ("pretrained", "rl")},
         "real renders": metrics.get("diversity_reference", {}).get("feature_spread"),
     })
+    gen_rows.append({  # near-copies within a prompt show here even when codes differ and features scatter
+        "category": "pixel spread per prompt",
+        **{m: generation.get(m, {}).get("diversity", {}).get("pixel_spread") for m in ("pretrained", "rl")},
+        "real renders": metrics.get("diversity_reference", {}).get("pixel_spread"),
+    })
     gen_rows.append({  # objects beyond those asked: clutter passes GenEval's rules (docs/rl_finetune.md)
         "category": "extra objects per image",
         **{m: generation.get(m, {}).get("extra_objects") for m in ("pretrained", "rl")},

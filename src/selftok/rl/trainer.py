@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.fidelity import frechet_distance
 from selftok.eval.geneval import judge_images
@@ -73,12 +74,15 @@ def policy_logprobs(lm: PreTrainedModel, tokenizer: VLMTokenizer, captions: Sequ
     return logprobs(drawn, codes), cond
 
 
-def diversity(codes: torch.Tensor, features: torch.Tensor, group_size: int) -> dict[str, float]:
-    """Distinct code sequences within groups and the spread of evaluator features: collapse shows here."""
+def diversity(codes: torch.Tensor, features: torch.Tensor, images: torch.Tensor, group_size: int) -> dict[str, float]:
+    """Within groups: distinct code sequences, the spread of evaluator features, and the per-pixel
+    variance of the images (0-1 scale). Collapse shows here; the pixel spread also shows a group of
+    near-copies whose codes differ and whose off-distribution features still scatter."""
     groups = codes.view(-1, group_size, codes.shape[1])
     distinct = sum(len({tuple(row.tolist()) for row in group}) for group in groups) / codes.shape[0]
     spread = features.view(-1, group_size, features.shape[1]).var(dim=1, correction=0).sum(-1).mean()
-    return {"distinct_codes": distinct, "feature_spread": float(spread)}
+    pixels = (to_uint8(images).float() / 255).view(-1, group_size, *images.shape[1:]).var(dim=1, correction=0).mean()
+    return {"distinct_codes": distinct, "feature_spread": float(spread), "pixel_spread": float(pixels)}
 
 
 @dataclass
@@ -231,7 +235,7 @@ def train_grpo(
             "entropy_last_token": float(entropy[-1]),
             "entropy_mean": float(entropy.mean()),
             "reward_by_category": _by_category(rows, rewards),
-            **diversity(codes, features, params.group_size),
+            **diversity(codes, features, images, params.group_size),
             **({"frechet_to_real": frechet_distance(features, run.real_features)} if run.real_features is not None else {}),
         }
         result.history.append({k: v for k, v in logs.items() if isinstance(v, float)})

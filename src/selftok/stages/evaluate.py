@@ -72,7 +72,7 @@ def benchmark_generation(
     summary, images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
     summary.pop("images", None)
     features = evaluator.features(images)
-    summary["diversity"] = diversity(to_uint8(images).flatten(1), features, sampling.samples_per_prompt)
+    summary["diversity"] = diversity(to_uint8(images).flatten(1), features, images, sampling.samples_per_prompt)
     if reference is not None:
         summary["frechet_to_real"] = frechet_distance(features, evaluator.features(reference))
     return summary, images
@@ -88,7 +88,7 @@ def benchmark_renders(params: Params) -> torch.Tensor:
 def reference_diversity(evaluator: SceneEvaluator, real: torch.Tensor, group_size: int) -> dict[str, float]:
     """The diversity generations are measured against: that of ``reference_images`` (a right answer
     varies only in layout, so spread falls as scores rise)."""
-    return diversity(to_uint8(real).flatten(1), evaluator.features(real), group_size)
+    return diversity(to_uint8(real).flatten(1), evaluator.features(real), real, group_size)
 
 
 def find_version(name: str, folder: Path) -> str:
