@@ -131,6 +131,7 @@ def summarize(out: Path) -> dict[str, Any]:
         "sd": statistics.stdev(gains) if len(gains) > 1 else None,
         "feature_spread": [r["rl"]["diversity"]["feature_spread"] for r in rows],
         "distinct_codes": [r["rl"]["diversity"]["distinct_codes"] for r in rows],
+        "pixel_spread": [r["rl"]["diversity"].get("pixel_spread") for r in rows],
         "extra_objects": [r["rl"].get("extra_objects") for r in rows],
         "overall_strict": [r["rl"].get("overall_strict") for r in rows],
         "frechet_to_real": [r["rl"].get("frechet_to_real") for r in rows],

@@ -24,9 +24,10 @@ def test_equal_scores_never_promote_even_with_zero_margin() -> None:
 
 def test_a_gain_that_loses_the_strict_score_is_refused() -> None:
     pretrained = {"overall": 0.15, "overall_strict": 0.14}
-    hacked = promotion.refuse_hack({"overall": 0.37, "overall_strict": 0.0}, pretrained, 0.37, margin=0.02)
+    hacked = promotion.refuse_hack({"overall": 0.37, "overall_strict": 0.0}, pretrained, 0.2, margin=0.02)
     assert hacked is not None and not hacked.promote and "strict score 0.0000 is 0.1400 below" in hacked.reason
-    assert promotion.refuse_hack({"overall": 0.2, "overall_strict": 0.13}, pretrained, 0.2, margin=0.02) is None  # within margin
+    assert (hacked.challenger_score, hacked.champion_score) == (0.37, 0.2)
+    assert promotion.refuse_hack({"overall": 0.2, "overall_strict": 0.13}, pretrained, None, margin=0.02) is None  # within margin
 
 
 def test_aliases_follow_decisions(tmp_path: Path) -> None:

@@ -36,12 +36,15 @@ def decide(challenger_score: float, champion_score: float | None, margin: float)
     return Decision(False, f"gain {gain:+.4f} below margin {margin}", challenger_score, champion_score, margin)
 
 
-def refuse_hack(challenger: dict[str, float], pretrained: dict[str, float], score: float, margin: float) -> Decision | None:
-    """A refusal when RL lost more than ``margin`` of its pretrained model's strict score, else None."""
+def refuse_hack(challenger: dict[str, float], pretrained: dict[str, float], champion_score: float | None,
+                margin: float) -> Decision | None:
+    """A refusal when the challenger (an RL model's benchmark summary) lost more than ``margin`` of
+    its pretrained model's strict score, else None."""
     drop = pretrained["overall_strict"] - challenger["overall_strict"]
     if drop > margin:
         return Decision(False, f"strict score {challenger['overall_strict']:.4f} is {drop:.4f} below its pretrained model's "
-                        f"(margin {margin}): the gain comes from objects nobody asked for", score, None, margin)
+                        f"(margin {margin}): the gain comes from objects nobody asked for", challenger["overall"],
+                        champion_score, margin)
     return None
 
 

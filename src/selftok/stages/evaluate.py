@@ -210,7 +210,7 @@ def run(ctx: StageContext) -> Metrics:
         if tags.get("benchmark.hash") == benchmark and "benchmark.overall" in tags:
             champion_score = float(tags["benchmark.overall"])
     generation = selftok.metrics["generation"]
-    hack = promotion.refuse_hack(generation["rl"], generation["pretrained"], overall, params.promotion_margin)
+    hack = promotion.refuse_hack(generation["rl"], generation["pretrained"], champion_score, params.promotion_margin)
     if hack is not None:
         decision = hack
     elif champion is not None and champion != challenger and champion_score is None:
