@@ -8,7 +8,7 @@ from vlm_fixtures import Data
 
 from selftok.data.scenes import make_prompt
 from selftok.eval.evaluator import ParsedObject
-from selftok.vlm import scores
+from selftok.vlm import scores as vlm_scores
 from selftok.vlm.params import SamplingParams
 from selftok.vlm.scores import caption_correct, caption_scores
 
@@ -38,7 +38,7 @@ def test_generation_counts_extra_objects_and_scores_strictly(monkeypatch: pytest
         def parse(self, images: torch.Tensor) -> list[list[ParsedObject]]:
             return [[ParsedObject(s, "red", (4.0 * j, 0.0, 4.0 * j + 4, 4.0)) for j, s in enumerate(found[int(i)])] for i in images]
 
-    monkeypatch.setattr(scores, "generate_images", lambda *args, **kwargs: codes)
-    summary, _ = scores.generation(None, None, [circle, square], lambda c: c[:, 0], Evaluator(), SamplingParams(samples_per_prompt=2))
+    monkeypatch.setattr(vlm_scores, "generate_images", lambda *args, **kwargs: codes)
+    summary, _ = vlm_scores.generation(None, None, [circle, square], lambda c: c[:, 0], Evaluator(), SamplingParams(samples_per_prompt=2))
     assert summary["overall"] == 0.75 and summary["overall_strict"] == 0.25
     assert summary["extra_objects"] == (0 + 2 + 0 + 1) / 4
