@@ -65,22 +65,24 @@ class Benchmark:
     evaluator: SceneEvaluator
     params: Params
     real: torch.Tensor  # reference_images: the real renders through the tokenizer
+    real_features: torch.Tensor  # their evaluator features
 
     @classmethod
     def load(cls, root: Path, params: Params) -> Benchmark:
         tokenizer = SELFTOK.load_tokenizer(root, with_renderer=True)  # names a missing model folder
-        decode = render_fn(tokenizer)
-        return cls(decode, SceneEvaluator.load(root / EVALUATOR), params, reference_images(tokenizer, decode, benchmark_renders(params)))
+        decode, evaluator = render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR)
+        real = reference_images(tokenizer, decode, benchmark_renders(params))
+        return cls(decode, evaluator, params, real, evaluator.features(real))
 
     def score(self, model: Path) -> dict[str, Any]:
         """The evaluate stage's held-out generation scores of one VLM (per category, diversity, distance to real)."""
         summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), heldout_records(self.params), self.decode,
-                                          self.evaluator, benchmark_sampling(self.params), self.real)
+                                          self.evaluator, benchmark_sampling(self.params), self.real_features)
         return summary
 
     def reference(self) -> dict[str, float]:
         """Diversity of real renders of the benchmark prompts through the tokenizer (evaluate's reference)."""
-        return reference_diversity(self.evaluator, self.real, benchmark_sampling(self.params).samples_per_prompt)
+        return reference_diversity(self.real, self.real_features, benchmark_sampling(self.params).samples_per_prompt)
 
 
 def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:

@@ -114,6 +114,7 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3
     assert result["stage"]["rl"]["ptx_loss_last5"] > 0  # the stage read the copied codes for its pretraining batches
     assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and result["rl"]["extra_objects"] >= 0
+    assert result["rl"]["overall_strict"] <= result["rl"]["overall"]  # strict counts a subset of the correct images
     assert result["stage"]["rl"]["frechet_to_real_last5"] > 0  # RL measured its samples against real renders
     assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]

@@ -62,19 +62,19 @@ def entropy_by_position(vlm: SelftokVLM, captions: list[str], codes: torch.Tenso
 
 def benchmark_generation(
     vlm: SelftokVLM, records: list[dict[str, Any]], decode: DecodeFn, evaluator: SceneEvaluator, sampling: SamplingParams,
-    reference: torch.Tensor | None = None,
+    real_features: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """One model's GenEval-style scores on the benchmark prompts, with the diversity of its images
     within each prompt (a high score from one image per prompt is collapse, not skill) and, given
-    ``reference`` (real renders of the same prompts, ``reference_images``), the Frechet distance of
-    its images to them on the evaluator's features: how far the images left the data to win the
-    judge (a reward hack scores well on the rules and far on this)."""
+    ``real_features`` (evaluator features of real renders of the same prompts, ``reference_images``),
+    the Frechet distance of its images to them: how far the images left the data to win the judge
+    (a reward hack scores well on the rules and far on this)."""
     summary, images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
     summary.pop("images", None)
     features = evaluator.features(images)
     summary["diversity"] = diversity(to_uint8(images).flatten(1), features, images, sampling.samples_per_prompt)
-    if reference is not None:
-        summary["frechet_to_real"] = frechet_distance(features, evaluator.features(reference))
+    if real_features is not None:
+        summary["frechet_to_real"] = frechet_distance(features, real_features)
     return summary, images
 
 
@@ -85,10 +85,10 @@ def benchmark_renders(params: Params) -> torch.Tensor:
     return renders
 
 
-def reference_diversity(evaluator: SceneEvaluator, real: torch.Tensor, group_size: int) -> dict[str, float]:
-    """The diversity generations are measured against: that of ``reference_images`` (a right answer
-    varies only in layout, so spread falls as scores rise)."""
-    return diversity(to_uint8(real).flatten(1), evaluator.features(real), real, group_size)
+def reference_diversity(real: torch.Tensor, real_features: torch.Tensor, group_size: int) -> dict[str, float]:
+    """The diversity generations are measured against: that of ``reference_images`` and their
+    evaluator features (a right answer varies only in layout, so spread falls as scores rise)."""
+    return diversity(to_uint8(real).flatten(1), real_features, real, group_size)
 
 
 def find_version(name: str, folder: Path) -> str:
@@ -152,8 +152,9 @@ def score_arm(
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
     real = reference_images(tokenizer, decode, renders)
+    real_features = evaluator.features(real)  # once: every model is measured against them
     for name, vlm in vlms.items():
-        gen[name], images = benchmark_generation(vlm, records, decode, evaluator, sampling, real)
+        gen[name], images = benchmark_generation(vlm, records, decode, evaluator, sampling, real_features)
         picks = torch.cat([images[i * n : (i + 1) * n] for i in range(0, len(records), max(1, len(records) // 12))][:12])
         image_grid(to_uint8(picks), columns=n, scale=3).save(images_dir / f"generation{arm.suffix}_{name}.png")
         entropy[name] = entropy_by_position(vlm, codes.captions, codes.codes)
@@ -165,7 +166,7 @@ def score_arm(
         "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size),
         "generation": gen,
         "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]},
-        "diversity_reference": reference_diversity(evaluator, real, n),
+        "diversity_reference": reference_diversity(real, real_features, n),
         "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
         "ar_probe": {"entropy_first": pretrained[0], "entropy_last": pretrained[-1], "entropy_mean": sum(pretrained) / k_all,
                      "entropy_by_position": {str(i + 1): e for i, e in enumerate(pretrained)}},

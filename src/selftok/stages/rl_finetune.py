@@ -27,7 +27,7 @@ from selftok.rl.trainer import RLRun, evaluator_reward, pretraining_loss, train_
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
-from selftok.vlm.decode import reference_images
+from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import per_category
 from selftok.vlm.train import VLMTask
@@ -41,9 +41,8 @@ def run(ctx: StageContext) -> Metrics:
     for folder in (arm.vlm, EVALUATOR):
         if not (ctx.path(folder) / "config.json").is_file():
             raise FileNotFoundError(f"{ctx.path(folder)}: missing; run the stage that makes it first")
-    decode = arm.decode_fn(ctx.root)
-    if decode is None:
-        raise FileNotFoundError(f"{', '.join(map(str, arm.model_folders()))}: needed to render generations")
+    tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)  # names a missing model folder
+    decode = render_fn(tokenizer)
     evaluator = SceneEvaluator.load(ctx.path(EVALUATOR))
     vlm = SelftokVLM.from_pretrained(ctx.path(arm.vlm))
     params = ctx.params.rl
@@ -62,7 +61,7 @@ def run(ctx: StageContext) -> Metrics:
     # real renders of RL prompts through the tokenizer: how far samples stray from the data (logged; the guard's realism check)
     generator = SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed)
     _, renders, _ = render_prompts(per_category(prompts, params.realism_prompts), generator, params.group_size)
-    real = evaluator.features(reference_images(arm.load_tokenizer(ctx.root, with_renderer=True), decode, renders))
+    real = evaluator.features(reference_images(tokenizer, decode, renders))
     result = train_grpo(
         RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator, params.penalize_extra_objects), evaluator.features, prompts,
               ctx.params.vlm.sampling, seed, ptx, real),
