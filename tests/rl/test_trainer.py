@@ -201,7 +201,7 @@ def test_realism_check_stops_a_run_whose_samples_leave_the_data(tmp_path: Path) 
     frechet = [h["frechet_to_real"] for h in result.history]
     assert sum(frechet[-3:]) / 3 > 3 * sum(frechet[:3]) / 3 and result.steps < result.collapsed_at
     state = json.loads((tmp_path / "ckpt" / f"step_{result.steps:07d}" / "state.json").read_text())
-    assert state["frechet_reference"] == pytest.approx(sum(frechet[:3]) / 3)  # a resumed run keeps the baseline
+    assert state["guard_references"]["frechet_to_real"] == pytest.approx(sum(frechet[:3]) / 3)  # a resumed run keeps the baseline
 
 
 def test_pixel_spread_sees_near_copies_that_codes_and_features_do_not() -> None:

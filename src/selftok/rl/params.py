@@ -42,10 +42,12 @@ class RLParams(StrictModel):
     ptx_coef: float = Field(0.0, ge=0.0)
     ptx_batch: Positive = 32
     # diversity guard (selftok.rl.guard): stop and keep the last checkpoint when, over guard_window steps, the
-    # share of distinct code sequences per group falls below min_distinct, or the evaluator-feature spread
-    # below min_spread_ratio x that of the first window (0: off)
+    # share of distinct code sequences per group falls below min_distinct, the evaluator-feature spread
+    # below min_spread_ratio x that of the first window, or the per-pixel spread below
+    # min_pixel_spread_ratio x that of the first window (near-copies of one scene; 0: off)
     min_distinct: float = Field(0.0, ge=0.0, le=1.0)
     min_spread_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    min_pixel_spread_ratio: float = Field(0.0, ge=0.0, le=1.0)
     guard_window: Positive = 10
     # realism: the samples' Frechet distance to real renders of realism_prompts RL prompts per category is logged;
     # the guard stops when, over guard_window steps, it exceeds max_frechet_ratio x that of the first window (0: off)

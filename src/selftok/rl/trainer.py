@@ -171,14 +171,13 @@ def train_grpo(
     lm, tokenizer, s = run.lm, run.tokenizer, run.sampling
     reference = copy.deepcopy(lm).eval().requires_grad_(False) if params.beta > 0 else None
     optimizer = torch.optim.AdamW(lm.parameters(), lr=params.lr, weight_decay=params.weight_decay, betas=(0.9, 0.95))
-    guard = DiversityGuard(params.min_distinct, params.min_spread_ratio, params.guard_window,
-                           params.max_frechet_ratio if run.real_features is not None else 0.0)
+    guard = DiversityGuard.from_params(params, realism=run.real_features is not None)
     start, end, extra = 0, params.steps, {}
     latest = latest_checkpoint(checkpoints)
     if latest is not None:
         start, state, extra = load_checkpoint(latest, optimizer)
         lm.load_state_dict(state)
-        guard.spread_reference, guard.frechet_reference = extra.get("spread_reference"), extra.get("frechet_reference")
+        guard.references = dict(extra.get("guard_references", {}))
         log.info("rl: resumed from %s (step %d)", latest, start)
     keep = params.guard_window // params.checkpoint_every + 2 if guard.active else 1  # one from before the window
     if latest is None and guard.active:  # the guard always has a checkpoint to fall back to
@@ -256,8 +255,7 @@ def train_grpo(
             break
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer,
-                            {"seed": run.seed, "spread_reference": guard.spread_reference,
-                             "frechet_reference": guard.frechet_reference}, keep)
+                            {"seed": run.seed, "guard_references": guard.references}, keep)
     result.seconds = time.perf_counter() - started
     return result
 
