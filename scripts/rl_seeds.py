@@ -11,10 +11,12 @@ models/vlm (e.g. after `selftok run`):
 
 Each seed runs the real `rl_finetune@selftok` stage in OUT/NAME/seed_S, a copy of the root's
 params and models with its own MLflow store, then scores the RL model with the evaluate stage's
-benchmark and writes OUT/NAME/seed_S/result.json. An interrupted run resumes from its
-checkpoints; a finished seed is not run again. OUT/pretrained.json holds the pretrained model's
-score (made once), OUT/NAME/summary.json the gains (mean and sd over the finished seeds) and
-OUT/NAME/table.md their per-category table.
+benchmark and, the same way, on as many of the prompts RL trains on, and writes
+OUT/NAME/seed_S/result.json. An interrupted run resumes from its checkpoints; a finished seed is
+not run again. OUT/pretrained.json holds the pretrained model's scores and the data ceiling
+(real renders through the tokenizer, scored like a model) on both prompt sets, made once;
+OUT/NAME/summary.json the gains (mean and sd over the finished seeds) and OUT/NAME/table.md
+their per-category table.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import yaml
 from selftok.config import PARAMS_FILE, ConfigError, Params, merged, parse_overrides, parse_params, read_params
 from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator
+from selftok.eval.geneval import Record, prompt_sets
 from selftok.stages.arms import SELFTOK
 from selftok.stages.base import run_stage
 from selftok.stages.evaluate import (
@@ -42,6 +45,7 @@ from selftok.stages.evaluate import (
     benchmark_hash,
     benchmark_renders,
     benchmark_sampling,
+    data_ceiling,
     reference_diversity,
 )
 from selftok.stages.pretrain_vlm import heldout_records
@@ -49,40 +53,58 @@ from selftok.stages.rl_finetune import EVALUATOR
 from selftok.tracking import file_hash
 from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
-from selftok.vlm.scores import DecodeFn
+from selftok.vlm.scores import DecodeFn, per_category
 
 STAGE = "rl_finetune@selftok"
 COPIED = ("dvc.yaml", SELFTOK.vlm, SELFTOK.codes, SELFTOK.tokenizer, SELFTOK.renderer, EVALUATOR)
 
 
 @dataclass(frozen=True)
+class PromptSet:
+    """Prompts to score on, with their real renders through the tokenizer and those renders' evaluator features."""
+
+    records: list[Record]
+    real: torch.Tensor  # reference_images, prompt-major
+    real_features: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Benchmark:
-    """What scores a VLM on the benchmark: the root's tokenizer with its renderer, its evaluator, and
-    the real renders of the benchmark prompts through them (RL changes none of these, so one load
-    serves the pretrained model and every seed)."""
+    """What scores a VLM: the root's tokenizer with its renderer, its evaluator, and two prompt sets
+    (RL changes none of these, so one load serves the pretrained model and every seed):
+    ``heldout``, the evaluate stage's benchmark, and ``train``, as many of the prompts RL trains on.
+    A gain on the second that the first does not show is learnt per prompt and does not carry over."""
 
     decode: DecodeFn
     evaluator: SceneEvaluator
     params: Params
-    real: torch.Tensor  # reference_images: the real renders through the tokenizer
-    real_features: torch.Tensor  # their evaluator features
+    sets: dict[str, PromptSet]
 
     @classmethod
     def load(cls, root: Path, params: Params) -> Benchmark:
         tokenizer = SELFTOK.load_tokenizer(root, with_renderer=True)  # names a missing model folder
         decode, evaluator = render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR)
-        real = reference_images(tokenizer, decode, benchmark_renders(params))
-        return cls(decode, evaluator, params, real, evaluator.features(real))
+        per_set = params.vlm.eval.geneval_prompts_per_category
+        records = {"heldout": heldout_records(params), "train": per_category(prompt_sets(params)["train"], per_set)}
+        sets = {}
+        for name, rows in records.items():
+            real = reference_images(tokenizer, decode, benchmark_renders(params, rows))
+            sets[name] = PromptSet(rows, real, evaluator.features(real))
+        return cls(decode, evaluator, params, sets)
 
-    def score(self, model: Path) -> dict[str, Any]:
-        """The evaluate stage's held-out generation scores of one VLM (per category, diversity, distance to real)."""
-        summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), heldout_records(self.params), self.decode,
-                                          self.evaluator, benchmark_sampling(self.params), self.real_features)
+    def score(self, model: Path, prompts: str = "heldout") -> dict[str, Any]:
+        """The evaluate stage's generation scores of one VLM on a prompt set (per category, diversity, distance to real)."""
+        chosen = self.sets[prompts]
+        summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), chosen.records, self.decode, self.evaluator,
+                                          benchmark_sampling(self.params), chosen.real_features)
         return summary
 
-    def reference(self) -> dict[str, float]:
-        """Diversity of real renders of the benchmark prompts through the tokenizer (evaluate's reference)."""
-        return reference_diversity(self.real, self.real_features, benchmark_sampling(self.params).samples_per_prompt)
+    def reference(self, prompts: str = "heldout") -> dict[str, Any]:
+        """The real renders of a prompt set through the tokenizer, as evaluate measures them: their
+        diversity and their scores (the data ceiling)."""
+        chosen, n = self.sets[prompts], benchmark_sampling(self.params).samples_per_prompt
+        return {"diversity_reference": reference_diversity(chosen.real, chosen.real_features, n),
+                "data_ceiling": data_ceiling(chosen.records, chosen.real, self.evaluator, n)}
 
 
 def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
@@ -97,14 +119,31 @@ def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
     (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def table(rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
-    """The finished seeds as a Markdown table: score per category, diversity (``reference``: that of
-    real renders), objects drawn beyond those asked, strict score, distance to real renders, training
-    reward and KL."""
-    real, real_pixels = reference["feature_spread"], reference.get("pixel_spread")
-    real_pixels = "-" if real_pixels is None else f"{real_pixels:.3f}"  # a pretrained.json from before it was measured
-    head = ["rl.seed", "overall (gain)", *CATEGORIES, f"spread (real {real:.2f})", "distinct", f"pixel spread (real {real_pixels})",
-            "extra objects", "strict overall", "Frechet to real", "train reward first → last 5", "KL last 5"]
+def _or_dash(value: float | None, spec: str) -> str:
+    """A number, or "-" for one scored before it was measured."""
+    return "-" if value is None else format(value, spec)
+
+
+def _points(gain: dict[str, float], key: str) -> float | None:
+    """A gain in points, or None for one scored before it was measured."""
+    return gain[key] * 100 if key in gain else None
+
+
+def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
+    """The finished seeds as a Markdown table: score per category, diversity (against that of real
+    renders), objects drawn beyond those asked, strict score (held-out and on RL's own prompts),
+    distance to real renders, training reward and KL. Headers carry the pretrained model's and the
+    data's (real renders through the tokenizer) values where ``baseline`` has them."""
+    reference, ceiling = baseline["diversity_reference"], baseline.get("data_ceiling", {})
+    train = baseline.get("train", {})
+    head = ["rl.seed", f"overall (gain; data {_or_dash(ceiling.get('overall'), '.3f')})", *CATEGORIES,
+            f"spread (real {reference['feature_spread']:.2f})", "distinct",
+            f"pixel spread (real {_or_dash(reference.get('pixel_spread'), '.3f')})", "extra objects",
+            f"strict overall (pretrained {_or_dash(baseline.get('overall_strict'), '.3f')}; data "
+            f"{_or_dash(ceiling.get('overall_strict'), '.3f')})",
+            f"strict on RL prompts (pretrained {_or_dash(train.get('overall_strict'), '.3f')}; data "
+            f"{_or_dash(train.get('data_ceiling', {}).get('overall_strict'), '.3f')})",
+            "Frechet to real", "train reward first → last 5", "KL last 5"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stage, rl = r["stage"]["rl"], r["rl"]
@@ -112,9 +151,9 @@ def table(rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
         kl = stage["kl_exact_last5"] if stage.get("kl_exact_last5") is not None else stage["kl_last5"]
         cells = [seed, f"{rl['overall']:.3f} ({r['gain']['overall'] * 100:+.1f})", *(f"{rl[c]:.3f}" for c in CATEGORIES),
                  f"{rl['diversity']['feature_spread']:.2f}", f"{rl['diversity']['distinct_codes']:.1%}",
-                 f"{rl['diversity']['pixel_spread']:.3f}" if "pixel_spread" in rl["diversity"] else "-",
-                 *(f"{rl[k]:.{d}f}" if k in rl else "-"  # "-": scored before it was measured
-                   for k, d in (("extra_objects", 2), ("overall_strict", 3), ("frechet_to_real", 1))),
+                 _or_dash(rl["diversity"].get("pixel_spread"), ".3f"), _or_dash(rl.get("extra_objects"), ".2f"),
+                 _or_dash(rl.get("overall_strict"), ".3f"), _or_dash(r.get("rl_train_prompts", {}).get("overall_strict"), ".3f"),
+                 _or_dash(rl.get("frechet_to_real"), ".1f"),
                  f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -123,14 +162,15 @@ def table(rows: list[dict[str, Any]], reference: dict[str, float]) -> str:
 def summarize(out: Path) -> dict[str, Any]:
     """Gains of the finished seeds under ``out`` (points: per seed, mean, sample sd); writes table.md beside."""
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("seed_*/result.json"), key=lambda p: int(p.parent.name[5:]))]
-    reference = json.loads((out.parent / "pretrained.json").read_text())["diversity_reference"]
-    (out / "table.md").write_text(table(rows, reference))
+    (out / "table.md").write_text(table(rows, json.loads((out.parent / "pretrained.json").read_text())))
     gains = [r["gain"]["overall"] * 100 for r in rows]
     return {
         "seeds": [r["seed"] for r in rows],
         "gain_points": gains,
         "mean": statistics.fmean(gains) if gains else None,
         "sd": statistics.stdev(gains) if len(gains) > 1 else None,
+        "strict_gain_points": [_points(r["gain"], "overall_strict") for r in rows],
+        "strict_gain_points_rl_prompts": [_points(r.get("gain_train_prompts", {}), "overall_strict") for r in rows],
         "feature_spread": [r["rl"]["diversity"]["feature_spread"] for r in rows],
         "distinct_codes": [r["rl"]["diversity"]["distinct_codes"] for r in rows],
         "pixel_spread": [r["rl"]["diversity"].get("pixel_spread") for r in rows],
@@ -165,13 +205,14 @@ def main() -> None:
 
     pinned = {"benchmark": benchmark_hash(params, root / EVALUATOR), "pretrained_sha256": file_hash(root / SELFTOK.vlm)}
     baseline_file = args.out / "pretrained.json"
-    if not baseline_file.is_file():
-        baseline_file.parent.mkdir(parents=True, exist_ok=True)
-        baseline = {**pinned, **bench.score(root / SELFTOK.vlm), "diversity_reference": bench.reference()}
-        baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")
-    baseline = json.loads(baseline_file.read_text())
+    baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else dict(pinned)
     if {k: baseline.get(k) for k in pinned} != pinned:
         raise SystemExit(f"{baseline_file}: scored on another benchmark or pretrained model than {root}'s; use another --out")
+    if "train" not in baseline:  # made once (a file from before the train-prompt scores gets them added)
+        baseline |= {**bench.score(root / SELFTOK.vlm), **bench.reference(),
+                     "train": {**bench.score(root / SELFTOK.vlm, "train"), **bench.reference("train")}}
+        baseline_file.parent.mkdir(parents=True, exist_ok=True)
+        baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")
 
     for seed in args.seeds:
         work = (args.out / args.name / f"seed_{seed}").resolve()
@@ -185,10 +226,11 @@ def main() -> None:
         started = time.perf_counter()
         stage = run_stage(STAGE, work)
         rl_seconds = time.perf_counter() - started
-        rl = bench.score(work / SELFTOK.vlm_rl)
-        gain = {k: rl[k] - baseline[k] for k in (*CATEGORIES, "overall") if k in rl and k in baseline}
+        rl, rl_train = bench.score(work / SELFTOK.vlm_rl), bench.score(work / SELFTOK.vlm_rl, "train")
+        gain = {k: rl[k] - baseline[k] for k in (*CATEGORIES, "overall", "overall_strict") if k in rl and k in baseline}
+        gain_train = {k: rl_train[k] - baseline["train"][k] for k in ("overall", "overall_strict")}
         result = {"name": args.name, "seed": seed, "sets": args.set, "rl_seconds": rl_seconds, "gain": gain,
-                  "rl": rl, "pretrained": baseline, "stage": stage}
+                  "gain_train_prompts": gain_train, "rl": rl, "rl_train_prompts": rl_train, "pretrained": baseline, "stage": stage}
         (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         print(f"seed {seed}: overall {baseline['overall']:.3f} -> {rl['overall']:.3f} ({gain['overall'] * 100:+.1f} points), "
               f"spread {rl['diversity']['feature_spread']:.2f}, {rl_seconds:.0f} s")

@@ -20,6 +20,7 @@ CONTRACT = [
     "tokenizer.active_code_fraction", "tokenizer.evaluator_fidelity", "tokenizer.shape_agreement", "evaluator.scene_accuracy",
     "comprehension.caption_accuracy",
     *[f"generation.{m}.{c}" for m in ("pretrained", "rl") for c in ("overall", *CATEGORIES)],
+    *[f"generation.{m}.overall_strict" for m in ("pretrained", "rl")], "data_ceiling.overall", "data_ceiling.overall_strict",
 ]
 # The spatial-token control arm mirrors the arm-level keys (no diffusion decoder, so no psnr_diffusion).
 CONTROL = [
@@ -66,6 +67,8 @@ def test_metrics_contract(smoke) -> None:
         reference, rl = arm["diversity_reference"], arm["generation"]["rl"]["diversity"]
         assert 0 < reference["distinct_codes"] <= 1 and reference["feature_spread"] > 0  # computed from real renders
         assert set(reference) == set(rl)  # measured the same way as the generations it is compared with
+        ceiling, pretrained = arm["data_ceiling"], arm["generation"]["pretrained"]
+        assert ceiling["overall_strict"] <= ceiling["overall"] and set(pretrained) >= set(ceiling)  # scored like a model
         entropy = arm["ar_probe"]["entropy_by_position"]
         assert list(entropy) == [str(i) for i in range(1, 9)] and all(0 <= e <= math.log(64) + 1e-6 for e in entropy.values())
 
@@ -117,8 +120,13 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert result["rl"]["overall_strict"] <= result["rl"]["overall"]  # strict counts a subset of the correct images
     assert result["stage"]["rl"]["frechet_to_real_last5"] > 0  # RL measured its samples against real renders
     assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
-    evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
+    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
+    evaluated = evaluate["generation"]["pretrained"]
     assert result["pretrained"]["overall"] == evaluated["overall"]  # the same benchmark as the evaluate stage
+    assert result["pretrained"]["data_ceiling"] == evaluate["data_ceiling"]  # and the same real renders through the tokenizer
+    assert set(result["rl_train_prompts"]) == set(result["rl"])  # RL's own prompts, scored the same way
+    assert math.isclose(result["gain_train_prompts"]["overall_strict"],
+                        result["rl_train_prompts"]["overall_strict"] - result["pretrained"]["train"]["overall_strict"])
     assert evaluated["extra_objects"] >= 0 and evaluated["frechet_to_real"] > 0
     assert result["pretrained"]["frechet_to_real"] == evaluated["frechet_to_real"]  # the same real renders as evaluate's
     assert not (project / "ablation_runs").exists() and tracking.file_hash(project / "models" / "vlm_rl") == rl_model  # untouched

@@ -267,6 +267,15 @@ def summarize(records: Sequence[Record], correct: Iterable[bool]) -> dict[str, A
     }
 
 
+def summarize_judged(rows: Sequence[Record], judged: Sequence[Judgement]) -> dict[str, Any]:
+    """``summarize`` plus what the rules let pass: the mean number of objects drawn beyond those
+    asked for (``extra_objects``) and the overall score of images correct with none (``overall_strict``)."""
+    summary = summarize(rows, (j.correct for j in judged))
+    summary["extra_objects"] = sum(j.extra for j in judged) / len(judged) if judged else 0.0
+    summary["overall_strict"] = summarize(rows, (j.correct and not j.extra for j in judged))["overall"]
+    return summary
+
+
 def score(records: Sequence[Record], images: torch.Tensor, evaluator: SceneEvaluator) -> dict[str, Any]:
     return summarize(records, (j.correct for j in judge_images(records, images, evaluator)))
 

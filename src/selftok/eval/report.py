@@ -32,7 +32,7 @@ CURVES = {  # stage -> metric keys worth plotting
     "rl_finetune@spatial": ["rl.reward", "rl.kl", "rl.distinct_codes"],
 }
 # What the two arms are compared on, side by side (flattened keys of each arm's metrics).
-ARM_SECTIONS = ("tokenizer", "generation", "rl_gain", "diversity_reference", "comprehension", "ar_probe")
+ARM_SECTIONS = ("tokenizer", "generation", "rl_gain", "diversity_reference", "data_ceiling", "comprehension", "ar_probe")
 
 
 def latest_run(experiment: str, stage: str) -> Any:
@@ -102,9 +102,10 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
     images = sorted(
         p.relative_to(root / REPORTS).as_posix() for p in (root / IMAGES).glob("*.png") if not p.name.startswith("curve_")
     )
-    generation = metrics.get("generation", {})
-    gen_rows = [
-        {"category": c, **{m: generation.get(m, {}).get(c) for m in ("pretrained", "rl")}} for c in [*CATEGORIES, "overall"]
+    generation, ceiling = metrics.get("generation", {}), metrics.get("data_ceiling", {})
+    gen_rows = [  # real renders: the data through the tokenizer, what a model drawing like its data scores
+        {"category": c, **{m: generation.get(m, {}).get(c) for m in ("pretrained", "rl")}, "real renders": ceiling.get(c)}
+        for c in [*CATEGORIES, "overall"]
     ]
     gen_rows.append({  # collapse shows as a spread far below that of real renders of the same prompts
         "category": "feature spread per prompt",
@@ -119,10 +120,12 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
     gen_rows.append({  # objects beyond those asked: clutter passes GenEval's rules (docs/rl_finetune.md)
         "category": "extra objects per image",
         **{m: generation.get(m, {}).get("extra_objects") for m in ("pretrained", "rl")},
+        "real renders": ceiling.get("extra_objects"),
     })
     gen_rows.append({
         "category": "overall, correct with no extra object",
         **{m: generation.get(m, {}).get("overall_strict") for m in ("pretrained", "rl")},
+        "real renders": ceiling.get("overall_strict"),
     })
     promotion = metrics.get("promotion", {})
     comparison = side_by_side(metrics)

@@ -28,7 +28,7 @@ from selftok.data.dataset import ImageSet, load_split, to_uint8
 from selftok.data.scenes import CATEGORIES, SceneGenerator
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
 from selftok.eval.fidelity import frechet_distance
-from selftok.eval.geneval import render_prompts, scene_config
+from selftok.eval.geneval import judge_images, render_prompts, scene_config, summarize_judged
 from selftok.eval.reconstruction import reconstruction_table, row
 from selftok.eval.report import IMAGES, REPORTS, build_report
 from selftok.rl.grpo import token_entropy
@@ -78,11 +78,24 @@ def benchmark_generation(
     return summary, images
 
 
-def benchmark_renders(params: Params) -> torch.Tensor:
-    """uint8 real renders of the benchmark prompts, as many per prompt as generations (prompt-major)."""
+def benchmark_renders(params: Params, records: list[dict[str, Any]] | None = None) -> torch.Tensor:
+    """uint8 real renders of the benchmark prompts (or of ``records``), as many per prompt as
+    generations (prompt-major)."""
     generator = SceneGenerator(scene_config(params), params.data.scenes.seed)
-    _, renders, _ = render_prompts(heldout_records(params), generator, benchmark_sampling(params).samples_per_prompt)
+    records = heldout_records(params) if records is None else records
+    _, renders, _ = render_prompts(records, generator, benchmark_sampling(params).samples_per_prompt)
     return renders
+
+
+def data_ceiling(records: list[dict[str, Any]], real: torch.Tensor, evaluator: SceneEvaluator, n: int) -> dict[str, Any]:
+    """The benchmark's scores of ``reference_images``, the real renders of its prompts through the
+    tokenizer: what a model that draws exactly like its data would score. A gain that lifts a model
+    above it is the judge being fooled or the model drawing more legibly than the tokenizer
+    reconstructs the data; either way, look at the images (docs/rl_finetune.md, eleventh session)."""
+    rows = [r for r in records for _ in range(n)]
+    summary = summarize_judged(rows, judge_images(rows, real, evaluator))
+    summary.pop("images")
+    return summary
 
 
 def reference_diversity(real: torch.Tensor, real_features: torch.Tensor, group_size: int) -> dict[str, float]:
@@ -167,6 +180,7 @@ def score_arm(
         "generation": gen,
         "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]},
         "diversity_reference": reference_diversity(real, real_features, n),
+        "data_ceiling": data_ceiling(records, real, evaluator, n),
         "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
         "ar_probe": {"entropy_first": pretrained[0], "entropy_last": pretrained[-1], "entropy_mean": sum(pretrained) / k_all,
                      "entropy_by_position": {str(i + 1): e for i, e in enumerate(pretrained)}},

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from selftok.data.scenes import CATEGORIES, SceneConfig
 from selftok.eval.evaluator import SceneEvaluator, objects_from_metadata
-from selftok.eval.geneval import Record, judge, prompt_groups, summarize
+from selftok.eval.geneval import Record, judge, judge_images, prompt_groups, summarize_judged
 from selftok.vlm.generate import caption, generate_images
 from selftok.vlm.params import SamplingParams
 from selftok.vlm.vocab import VLMTokenizer
@@ -81,11 +81,7 @@ def generation(
     )
     images = torch.cat([decode(codes[i : i + 256]) for i in range(0, len(codes), 256)])
     rows = [r for r in records for _ in range(n)]
-    judged = [judge(r, objs) for r, objs in zip(rows, evaluator.parse(images), strict=True)]
-    summary = summarize(rows, (j.correct for j in judged))
-    summary["extra_objects"] = sum(j.extra for j in judged) / len(judged)  # clutter the rules let pass
-    summary["overall_strict"] = summarize(rows, (j.correct and not j.extra for j in judged))["overall"]  # and none drawn
-    return summary, images
+    return summarize_judged(rows, judge_images(rows, images, evaluator)), images
 
 
 def per_category(records: Sequence[Record], limit: int) -> list[Record]:
