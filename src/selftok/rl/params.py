@@ -41,6 +41,9 @@ class RLParams(StrictModel):
     # sequences of the arm's training codes, added to every update, anchors the policy on all prompts (0: off)
     ptx_coef: float = Field(0.0, ge=0.0)
     ptx_batch: Positive = 32
+    # reward: - realism_coef x max(0, ratio - 1), ratio = an image's k-NN distance (evaluator features) to the real
+    # renders of realism_prompts RL prompts per category over theirs among themselves (selftok.rl.realism; 0: off)
+    realism_coef: float = Field(0.0, ge=0.0)
     # diversity guard (selftok.rl.guard): stop and keep the last checkpoint when, over guard_window steps, the
     # share of distinct code sequences per group falls below min_distinct, the evaluator-feature spread
     # below min_spread_ratio x that of the first window, or the per-pixel spread below

@@ -31,6 +31,7 @@ from selftok.eval.geneval import judge_images
 from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_entropy
 from selftok.rl.guard import DiversityGuard
 from selftok.rl.params import KLEstimator, PolicyKind, PromptMix, RLParams
+from selftok.rl.realism import RealismPenalty
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, roll_back_to, save_checkpoint
 from selftok.tokenizer.train import lr_factor
 from selftok.vlm.generate import generate_images, sampling_logits
@@ -99,19 +100,25 @@ class Scored(NamedTuple):
     reward: torch.Tensor  # [N]
     correct: list[bool]
     extra: list[int] | None = None  # objects drawn beyond those asked (None: not counted)
+    realism: torch.Tensor | None = None  # [N] k-NN distance ratio to real renders (None: not measured)
 
 
 RewardFn = Callable[[Sequence[Record], torch.Tensor], Scored]
 
 
-def evaluator_reward(evaluator: SceneEvaluator, penalize_extra: bool = False) -> RewardFn:
+def evaluator_reward(evaluator: SceneEvaluator, penalize_extra: bool = False, realism: RealismPenalty | None = None) -> RewardFn:
     """The benchmark's judge as a reward: partial credit per sub-check (with ``penalize_extra``, also
-    one against objects nobody asked for), whether fully correct, and the extra objects."""
+    one against objects nobody asked for), whether fully correct, and the extra objects; with
+    ``realism``, less its penalty for images far from real renders."""
 
     def reward(rows: Sequence[Record], images: torch.Tensor) -> Scored:
         judgements = judge_images(rows, images, evaluator)
-        return Scored(torch.tensor([j.shaped_reward(penalize_extra) for j in judgements]), [j.correct for j in judgements],
-                      [j.extra for j in judgements])
+        shaped = torch.tensor([j.shaped_reward(penalize_extra) for j in judgements])
+        ratio = None
+        if realism is not None:
+            ratio = realism.ratio(evaluator.features(images))
+            shaped = shaped - realism.penalty(ratio)
+        return Scored(shaped, [j.correct for j in judgements], [j.extra for j in judgements], ratio)
 
     return reward
 
@@ -197,7 +204,7 @@ def train_grpo(
         codes = generate_images(lm, tokenizer, [r["prompt"] for r in records], params.group_size, s.cfg_scale,
                                 s.temperature, s.top_k, run.seed * 100_003 + step, s.batch_size, min_p=s.min_p)
         images = run.decode(codes)
-        rewards, correct, extra = run.reward(rows, images)
+        rewards, correct, extra, realism = run.reward(rows, images)
         advantages = group_advantages(rewards, params.group_size, params.advantage_eps)
         captions = tokenizer.encode_text([r["prompt"] for r in rows])
         with torch.no_grad():
@@ -223,6 +230,7 @@ def train_grpo(
             "reward": float(rewards.mean()),
             "correct": sum(correct) / len(correct),
             **({"extra_objects": sum(extra) / len(extra)} if extra is not None else {}),
+            **({"realism_ratio": float(realism.mean())} if realism is not None else {}),
             "loss": float(loss.detach()),
             **({"ptx_loss": float(ptx.detach())} if ptx is not None else {}),
             "kl": float(parts.kl),

@@ -5,7 +5,8 @@ models/vlm_rl_spatial, with the same rewards, prompts and recipe (selftok.stages
 
 Rewards come from the scene evaluator's reward API on rendered images; the benchmark's
 held-out prompts are never used here. With ``rl.ptx_coef > 0`` each update also takes the
-pretraining loss on the arm's training codes (InstructGPT's PPO-ptx). The result is registered as a new version of
+pretraining loss on the arm's training codes (InstructGPT's PPO-ptx); with ``rl.realism_coef > 0``
+the reward loses a penalty for images far from real renders of RL prompts (selftok.rl.realism). The result is registered as a new version of
 the arm's VLM model (`selftok-vlm` for Selftok); the `evaluate` stage scores it against the pretrained model on the held-out
 prompts with the same sampling recipe.
 """
@@ -23,6 +24,7 @@ from selftok.data.dataset import to_uint8
 from selftok.data.scenes import SceneGenerator
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import prompt_sets, render_prompts, scene_config
+from selftok.rl.realism import RealismPenalty
 from selftok.rl.trainer import RLRun, evaluator_reward, pretraining_loss, train_grpo
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
@@ -62,9 +64,10 @@ def run(ctx: StageContext) -> Metrics:
     generator = SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed)
     _, renders, _ = render_prompts(per_category(prompts, params.realism_prompts), generator, params.group_size)
     real = evaluator.features(reference_images(tokenizer, decode, renders))
+    realism = RealismPenalty(real, params.realism_coef) if params.realism_coef > 0 else None
     result = train_grpo(
-        RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator, params.penalize_extra_objects), evaluator.features, prompts,
-              ctx.params.vlm.sampling, seed, ptx, real),
+        RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator, params.penalize_extra_objects, realism),
+              evaluator.features, prompts, ctx.params.vlm.sampling, seed, ptx, real),
         params,
         ctx.path(arm.rl_checkpoints),
         on_log=lambda step, logs: ctx.log_metrics({"rl": logs}, step),
@@ -98,6 +101,10 @@ def run(ctx: StageContext) -> Metrics:
             "extra_objects_last5": mean(last, "extra_objects"),
             "feature_spread_first5": mean(first, "feature_spread"),
             "feature_spread_last5": mean(last, "feature_spread"),
+            "pixel_spread_first5": mean(first, "pixel_spread"),
+            "pixel_spread_last5": mean(last, "pixel_spread"),
+            **({"realism_ratio_first5": mean(first, "realism_ratio"), "realism_ratio_last5": mean(last, "realism_ratio")}
+               if realism is not None else {}),
             **({"ptx_loss_last5": mean(last, "ptx_loss")} if ptx is not None else {}),
         },
     }
