@@ -110,7 +110,7 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert bad.returncode != 0 and "rl.group_size" in bad.stderr and not out.exists()  # refused before any work
 
     rl_model = tracking.file_hash(project / "models" / "vlm_rl")
-    options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true"]
+    options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true", "--set", "rl.realism_coef=0.5"]
     subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
@@ -119,6 +119,7 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and result["rl"]["extra_objects"] >= 0
     assert result["rl"]["overall_strict"] <= result["rl"]["overall"]  # strict counts a subset of the correct images
     assert result["stage"]["rl"]["frechet_to_real_last5"] > 0  # RL measured its samples against real renders
+    assert result["stage"]["rl"]["realism_ratio_last5"] > 0 and result["stage"]["rl"]["pixel_spread_last5"] >= 0
     assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
     evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
     evaluated = evaluate["generation"]["pretrained"]
