@@ -30,11 +30,14 @@ def test_images_like_the_data_cost_nothing_and_far_ones_cost_in_proportion() -> 
     assert realism.penalty(torch.tensor([0.5, 1.0])).tolist() == [0.0, 0.0]
 
 
-def test_too_few_or_identical_real_renders_are_refused() -> None:
-    with pytest.raises(ValueError, match="more than k = 5 real renders, got 3"):
-        RealismPenalty(cluster(3, 0), coef=1.0)
-    with pytest.raises(ValueError, match="coincide"):
-        RealismPenalty(torch.zeros(10, 4), coef=1.0)
+def test_copies_among_the_real_renders_count_once_and_too_few_are_refused() -> None:
+    bank = cluster(50, 0)
+    assert RealismPenalty(torch.cat([bank, bank[:40], bank[:40]]), coef=1.0).scale == RealismPenalty(bank, coef=1.0).scale
+    with pytest.raises(ValueError, match="more than k = 5 distinct real renders, got 3"):
+        RealismPenalty(cluster(3, 0).repeat(4, 1), coef=1.0)
+    blurred = cluster(1, 0) + 1e-6 * cluster(20, 1)  # a tokenizer that decodes every scene to one image
+    with pytest.raises(ValueError, match="all but identical"):
+        RealismPenalty(blurred, coef=1.0)
 
 
 def test_reward_of_a_correct_image_far_from_the_data_is_lowered() -> None:

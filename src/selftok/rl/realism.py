@@ -19,7 +19,7 @@ import torch
 def kth_neighbour_distance(queries: torch.Tensor, bank: torch.Tensor, k: int, exclude_self: bool = False) -> torch.Tensor:
     """Distance [N] from each query to its k-th nearest row of ``bank`` (the queries' own rows left
     out when they are the bank)."""
-    distances = torch.cdist(queries.float(), bank.float())
+    distances = torch.cdist(queries.float(), bank.float(), compute_mode="donot_use_mm_for_euclid_dist")  # exact near 0
     if exclude_self:
         distances.fill_diagonal_(float("inf"))
     return distances.topk(k, dim=1, largest=False).values[:, -1]
@@ -30,12 +30,16 @@ class RealismPenalty:
     features over theirs among themselves."""
 
     def __init__(self, real_features: torch.Tensor, coef: float, k: int = 5) -> None:
-        if len(real_features) <= k:
-            raise ValueError(f"the realism penalty needs more than k = {k} real renders, got {len(real_features)}")
-        self.bank, self.coef, self.k = real_features.float(), coef, k
+        # renders the tokenizer maps to one image count once: copies would put the k-th neighbour at distance 0
+        self.bank, self.coef, self.k = torch.unique(real_features.float(), dim=0), coef, k
+        if len(self.bank) <= k:
+            raise ValueError(f"the realism penalty needs more than k = {k} distinct real renders, got {len(self.bank)}")
         self.scale = float(kth_neighbour_distance(self.bank, self.bank, k, exclude_self=True).median())
-        if self.scale <= 0:
-            raise ValueError("the real renders' features coincide (k-NN distance 0); the realism penalty has no scale")
+        norm = float(self.bank.norm(dim=1).median())
+        if self.scale <= 1e-3 * norm:
+            raise ValueError(f"the real renders' evaluator features are all but identical (k-NN distance {self.scale:.2g} against "
+                             f"feature norms {norm:.2g}): the tokenizer or the evaluator cannot tell them apart, so the realism "
+                             "penalty has no scale (set rl.realism_coef: 0)")
 
     def ratio(self, features: torch.Tensor) -> torch.Tensor:
         """k-NN distance to the real renders over theirs among themselves: ~1 like the data, more away from it."""
