@@ -41,7 +41,7 @@ def test_feature_spread_is_measured_against_the_runs_first_window() -> None:
     spread = guard(min_spread=0.25)
     step, reason = run_guard(spread, narrowing)
     assert spread.references == {"feature_spread": pytest.approx(4.0)}
-    assert step == 9 and "feature spread 0.83 < 0.25 x 4.00" in reason  # (0.9 + 0.8 + 0.8) / 3 = 0.83 < 1.0
+    assert step == 9 and "feature spread 0.833 < 0.25 x 4.000" in reason  # (0.9 + 0.8 + 0.8) / 3 = 0.83 < 1.0
     resumed = guard(min_spread=0.25, references={"feature_spread": 1.0})  # from a checkpoint: the baseline is not re-taken
     assert run_guard(resumed, narrowing[6:]) is None
 
@@ -57,7 +57,7 @@ def test_realism_check_trips_on_images_that_leave_the_data_while_diversity_holds
     realism = guard(0.6, 0.15, max_frechet=3.0)
     step, reason = run_guard(realism, drifting)
     assert realism.references["frechet_to_real"] == pytest.approx(0.6)
-    assert step == 7 and "Frechet distance to real renders 2.30 > 3.00 x 0.60" in reason  # (1.4 + 2.5 + 3.0) / 3; steps 4-6: 1.60
+    assert step == 7 and "Frechet distance to real renders 2.300 > 3.00 x 0.600" in reason  # (1.4 + 2.5 + 3.0) / 3; steps 4-6: 1.60
 
 
 def test_pixel_spread_trips_on_near_copies_while_codes_and_features_still_vary() -> None:
@@ -66,7 +66,7 @@ def test_pixel_spread_trips_on_near_copies_while_codes_and_features_still_vary()
     copying = [h | {"pixel_spread": p} for h, p in zip(steps([1.0] * 8, [4.0] * 8), pixels, strict=True)]
     assert run_guard(guard(0.6, 0.15), copying) is None
     step, reason = run_guard(guard(0.6, 0.15, min_pixels=0.5), copying)
-    assert step == 7 and "pixel spread 0.03 < 0.50 x 0.08" in reason  # (0.045 + 0.030 + 0.025) / 3 = 0.033 < 0.039
+    assert step == 7 and "pixel spread 0.033 < 0.50 x 0.078" in reason  # (0.045 + 0.030 + 0.025) / 3 = 0.033 < 0.039
 
 
 def test_realism_bound_is_off_where_no_real_renders_are_measured() -> None:
@@ -76,7 +76,7 @@ def test_realism_bound_is_off_where_no_real_renders_are_measured() -> None:
 
 
 def test_a_bound_names_its_measure_and_direction() -> None:
-    assert Bound("x", "thing", 0.5).breach(0.4, 1.0, 3) == "thing 0.40 < 0.50 x 1.00 (its first 3 steps) over 3 steps"
+    assert Bound("x", "thing", 0.5).breach(0.4, 1.0, 3) == "thing 0.400 < 0.50 x 1.000 (its first 3 steps) over 3 steps"
     assert Bound("x", "thing", 0.5).breach(0.6, 1.0, 3) is None
-    assert Bound("x", "thing", 2.0, upper=True).breach(2.5, 1.0, 3).startswith("thing 2.50 > 2.00 x 1.00")
+    assert Bound("x", "thing", 2.0, upper=True).breach(2.5, 1.0, 3).startswith("thing 2.500 > 2.00 x 1.000")
     assert Bound("x", "thing", 0.0).breach(0.0, 1.0, 3) is None  # off

@@ -40,7 +40,7 @@ class Bound:
         limit = self.ratio * reference
         if self.ratio <= 0 or (value <= limit if self.upper else value >= limit):
             return None
-        return (f"{self.label} {value:.2f} {'>' if self.upper else '<'} {self.ratio:.2f} x {reference:.2f} "
+        return (f"{self.label} {value:.3f} {'>' if self.upper else '<'} {self.ratio:.2f} x {reference:.3f} "
                 f"(its first {window} steps) over {window} steps")
 
 

@@ -6,9 +6,11 @@ models/vlm_rl_spatial, with the same rewards, prompts and recipe (selftok.stages
 Rewards come from the scene evaluator's reward API on rendered images; the benchmark's
 held-out prompts are never used here. With ``rl.ptx_coef > 0`` each update also takes the
 pretraining loss on the arm's training codes (InstructGPT's PPO-ptx); with ``rl.realism_coef > 0``
-the reward loses a penalty for images far from real renders of RL prompts (selftok.rl.realism). The result is registered as a new version of
-the arm's VLM model (`selftok-vlm` for Selftok); the `evaluate` stage scores it against the pretrained model on the held-out
-prompts with the same sampling recipe.
+the reward loses a penalty for images far from real renders of RL prompts (selftok.rl.realism).
+The diversity guard (selftok.rl.guard) stops a run whose samples collapse or leave the data and
+keeps the checkpoint from before. The result is registered as a new version of the arm's VLM
+model (`selftok-vlm` for Selftok); the `evaluate` stage scores it against the pretrained model on
+the held-out prompts with the same sampling recipe.
 """
 
 from __future__ import annotations
