@@ -9,7 +9,8 @@ models/vlm (e.g. after `selftok run`):
     python scripts/rl_seeds.py --root . --name g24_exact --seeds 0 1 2 --threads 1 \\
         --set rl.group_size=24 --set rl.kl_estimator=exact --set rl.beta=0.01
 
-Each seed runs the real `rl_finetune@selftok` stage in OUT/NAME/seed_S, a copy of the root's
+Each seed runs the real `rl_finetune@ARM` stage (`--arm`, Selftok by default; the spatial control
+arm needs its own OUT) in OUT/NAME/seed_S, a copy of the root's
 params and models with its own MLflow store, then scores the RL model with the evaluate stage's
 benchmark and, the same way, on as many of the prompts RL trains on, and writes
 OUT/NAME/seed_S/result.json. An interrupted run resumes from its checkpoints; a finished seed is
@@ -38,7 +39,7 @@ from selftok.config import PARAMS_FILE, ConfigError, Params, merged, parse_overr
 from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import Record, prompt_sets
-from selftok.stages.arms import SELFTOK
+from selftok.stages.arms import ARMS, SELFTOK, Arm
 from selftok.stages.base import run_stage
 from selftok.stages.evaluate import (
     benchmark_generation,
@@ -54,9 +55,6 @@ from selftok.tracking import file_hash
 from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import DecodeFn, per_category
-
-STAGE = "rl_finetune@selftok"
-COPIED = ("dvc.yaml", SELFTOK.vlm, SELFTOK.codes, SELFTOK.tokenizer, SELFTOK.renderer, EVALUATOR)
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,8 @@ class Benchmark:
     sets: dict[str, PromptSet]
 
     @classmethod
-    def load(cls, root: Path, params: Params) -> Benchmark:
-        tokenizer = SELFTOK.load_tokenizer(root, with_renderer=True)  # names a missing model folder
+    def load(cls, root: Path, params: Params, arm: Arm = SELFTOK) -> Benchmark:
+        tokenizer = arm.load_tokenizer(root, with_renderer=True)  # names a missing model folder
         decode, evaluator = render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR)
         per_set = params.vlm.eval.geneval_prompts_per_category
         records = {"heldout": heldout_records(params), "train": per_category(prompt_sets(params)["train"], per_set)}
@@ -107,12 +105,13 @@ class Benchmark:
                 "data_ceiling": data_ceiling(chosen.records, chosen.real, self.evaluator, n)}
 
 
-def workdir(root: Path, work: Path, raw: dict[str, Any]) -> None:
-    """A project folder holding only what the RL stage reads: params, the stage graph, four models and the codes."""
-    for item in COPIED:
+def workdir(root: Path, work: Path, raw: dict[str, Any], arm: Arm) -> None:
+    """A project folder holding only what the arm's RL stage reads: params, the stage graph, its models and codes."""
+    copied = ("dvc.yaml", arm.vlm, arm.codes, arm.tokenizer, *([arm.renderer] if arm.renderer else []), EVALUATOR)
+    for item in copied:
         source, target = root / item, work / item
         if not source.exists():
-            raise FileNotFoundError(f"{source}: missing; run the pipeline up to pretrain_vlm@selftok on {root} first")
+            raise FileNotFoundError(f"{source}: missing; run the pipeline up to pretrain_vlm@{arm.name} on {root} first")
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
@@ -189,6 +188,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="params override KEY=VALUE, e.g. rl.group_size=24")
     ap.add_argument("--out", type=Path, default=Path("ablation_runs/rl"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--arm", choices=sorted(ARMS), default=SELFTOK.name, help="tokenizer arm whose RL stage runs (its own --out)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -201,16 +201,17 @@ def main() -> None:
         params = parse_params(recipe, f"{root / PARAMS_FILE} with {' '.join(args.set)}")
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
-    bench = Benchmark.load(root, params)
+    arm = ARMS[args.arm]
+    bench = Benchmark.load(root, params, arm)
 
-    pinned = {"benchmark": benchmark_hash(params, root / EVALUATOR), "pretrained_sha256": file_hash(root / SELFTOK.vlm)}
+    pinned = {"benchmark": benchmark_hash(params, root / EVALUATOR), "pretrained_sha256": file_hash(root / arm.vlm)}
     baseline_file = args.out / "pretrained.json"
     baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else dict(pinned)
     if {k: baseline.get(k) for k in pinned} != pinned:
         raise SystemExit(f"{baseline_file}: scored on another benchmark or pretrained model than {root}'s; use another --out")
     if "train" not in baseline:  # made once (a file from before the train-prompt scores gets them added)
-        baseline |= {**bench.score(root / SELFTOK.vlm), **bench.reference(),
-                     "train": {**bench.score(root / SELFTOK.vlm, "train"), **bench.reference("train")}}
+        baseline |= {**bench.score(root / arm.vlm), **bench.reference(),
+                     "train": {**bench.score(root / arm.vlm, "train"), **bench.reference("train")}}
         baseline_file.parent.mkdir(parents=True, exist_ok=True)
         baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")
 
@@ -222,11 +223,11 @@ def main() -> None:
             print(f"seed {seed}: done before ({work / 'result.json'})")
             continue
         raw = merged(recipe, {"rl": {"seed": seed}})
-        workdir(root, work, raw)
+        workdir(root, work, raw, arm)
         started = time.perf_counter()
-        stage = run_stage(STAGE, work)
+        stage = run_stage(f"rl_finetune@{arm.name}", work)
         rl_seconds = time.perf_counter() - started
-        rl, rl_train = bench.score(work / SELFTOK.vlm_rl), bench.score(work / SELFTOK.vlm_rl, "train")
+        rl, rl_train = bench.score(work / arm.vlm_rl), bench.score(work / arm.vlm_rl, "train")
         gain = {k: rl[k] - baseline[k] for k in (*CATEGORIES, "overall", "overall_strict") if k in rl and k in baseline}
         gain_train = {k: rl_train[k] - baseline["train"][k] for k in ("overall", "overall_strict")}
         result = {"name": args.name, "seed": seed, "sets": args.set, "rl_seconds": rl_seconds, "gain": gain,

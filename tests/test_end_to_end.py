@@ -137,6 +137,13 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert again.stdout.count("done before") == 2
     other = subprocess.run([*command, "--name", "g2", "--seeds", "0"], capture_output=True, text=True)
     assert other.returncode != 0 and "other --set values" in other.stderr
+    # the spatial control arm: its own RL stage, scored like evaluate scores that arm
+    spatial = [*command[:-4], "--out", str(tmp_path / "spatial"), "--threads", "1", "--arm", "spatial"]
+    subprocess.run([*spatial, "--name", "g2", "--seeds", "0", "--set", "rl.group_size=2"], check=True, capture_output=True)
+    result = json.loads((tmp_path / "spatial" / "g2" / "seed_0" / "result.json").read_text())
+    assert result["pretrained"]["pretrained_sha256"] == tracking.file_hash(project / "models" / "vlm_spatial")
+    assert result["pretrained"]["overall"] == evaluate["control"]["spatial"]["generation"]["pretrained"]["overall"]
+    assert not (tmp_path / "spatial" / "g2" / "seed_0" / "models" / "renderer").exists()  # the spatial decoder renders
     # the smoke tokenizer decodes every real render to about one image: the realism penalty says so and runs nothing
     realism = subprocess.run([*command, "--name", "realism", "--seeds", "0", "--set", "rl.realism_coef=0.5"], capture_output=True, text=True)
     assert realism.returncode != 0 and "all but identical" in realism.stderr and "rl.realism_coef: 0" in realism.stderr
