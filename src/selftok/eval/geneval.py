@@ -291,6 +291,13 @@ def table(summary: dict[str, Any]) -> str:
 
 
 # --- sanity checks -------------------------------------------------------------------------
+def real_renders(params: Params, records: Sequence[Record], per_prompt: int) -> torch.Tensor:
+    """uint8 real renders of prompts from the params' scene world, ``per_prompt`` each (prompt-major):
+    the data a model's images of the same prompts are compared with."""
+    generator = SceneGenerator(scene_config(params), params.data.scenes.seed)
+    return render_prompts(records, generator, per_prompt)[1]
+
+
 def render_prompts(
     records: Sequence[Record], generator: SceneGenerator, samples_per_prompt: int
 ) -> tuple[list[Record], torch.Tensor, list[list[ParsedObject]]]:

@@ -204,8 +204,8 @@ def train_grpo(
         codes = generate_images(lm, tokenizer, [r["prompt"] for r in records], params.group_size, s.cfg_scale,
                                 s.temperature, s.top_k, run.seed * 100_003 + step, s.batch_size, min_p=s.min_p)
         images = run.decode(codes)
-        rewards, correct, extra, realism = run.reward(rows, images)
-        advantages = group_advantages(rewards, params.group_size, params.advantage_eps)
+        scored = run.reward(rows, images)
+        advantages = group_advantages(scored.reward, params.group_size, params.advantage_eps)
         captions = tokenizer.encode_text([r["prompt"] for r in rows])
         with torch.no_grad():
             ref_logits = visual_logits(reference, tokenizer, captions, codes) if reference else None
@@ -227,10 +227,10 @@ def train_grpo(
         entropy = token_entropy(logits.detach()).mean(0)
         features = run.features(images)
         logs: dict[str, Any] = {
-            "reward": float(rewards.mean()),
-            "correct": sum(correct) / len(correct),
-            **({"extra_objects": sum(extra) / len(extra)} if extra is not None else {}),
-            **({"realism_ratio": float(realism.mean())} if realism is not None else {}),
+            "reward": float(scored.reward.mean()),
+            "correct": sum(scored.correct) / len(scored.correct),
+            **({"extra_objects": sum(scored.extra) / len(scored.extra)} if scored.extra is not None else {}),
+            **({"realism_ratio": float(scored.realism.mean())} if scored.realism is not None else {}),
             "loss": float(loss.detach()),
             **({"ptx_loss": float(ptx.detach())} if ptx is not None else {}),
             "kl": float(parts.kl),
@@ -241,7 +241,7 @@ def train_grpo(
             "entropy_first_token": float(entropy[0]),
             "entropy_last_token": float(entropy[-1]),
             "entropy_mean": float(entropy.mean()),
-            "reward_by_category": _by_category(rows, rewards),
+            "reward_by_category": _by_category(rows, scored.reward),
             **diversity(codes, features, images, params.group_size),
             **({"frechet_to_real": frechet_distance(features, run.real_features)} if run.real_features is not None else {}),
         }

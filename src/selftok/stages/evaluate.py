@@ -25,10 +25,10 @@ from selftok import promotion, tracking
 from selftok.config import Params, params_hash
 from selftok.data.codes import load_codes
 from selftok.data.dataset import ImageSet, load_split, to_uint8
-from selftok.data.scenes import CATEGORIES, SceneGenerator
+from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
 from selftok.eval.fidelity import frechet_distance
-from selftok.eval.geneval import judge_images, render_prompts, scene_config, summarize_judged
+from selftok.eval.geneval import judge_images, real_renders, summarize_judged
 from selftok.eval.reconstruction import reconstruction_table, row
 from selftok.eval.report import IMAGES, REPORTS, build_report
 from selftok.rl.grpo import token_entropy
@@ -81,10 +81,8 @@ def benchmark_generation(
 def benchmark_renders(params: Params, records: list[dict[str, Any]] | None = None) -> torch.Tensor:
     """uint8 real renders of the benchmark prompts (or of ``records``), as many per prompt as
     generations (prompt-major)."""
-    generator = SceneGenerator(scene_config(params), params.data.scenes.seed)
     records = heldout_records(params) if records is None else records
-    _, renders, _ = render_prompts(records, generator, benchmark_sampling(params).samples_per_prompt)
-    return renders
+    return real_renders(params, records, benchmark_sampling(params).samples_per_prompt)
 
 
 def data_ceiling(records: list[dict[str, Any]], real: torch.Tensor, evaluator: SceneEvaluator, n: int) -> dict[str, Any]:

@@ -23,9 +23,8 @@ import torch
 from selftok import tracking
 from selftok.data.codes import load_codes
 from selftok.data.dataset import to_uint8
-from selftok.data.scenes import SceneGenerator
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.geneval import prompt_sets, render_prompts, scene_config
+from selftok.eval.geneval import prompt_sets, real_renders
 from selftok.rl.realism import RealismPenalty
 from selftok.rl.trainer import RLRun, evaluator_reward, pretraining_loss, train_grpo
 from selftok.stages.arms import stage_arm
@@ -63,8 +62,7 @@ def run(ctx: StageContext) -> Metrics:
         ptx = pretraining_loss(task, params.ptx_batch, seed)
     prompts = prompt_sets(ctx.params)["train"]
     # real renders of RL prompts through the tokenizer: how far samples stray from the data (logged; the guard's realism check)
-    generator = SceneGenerator(scene_config(ctx.params), ctx.params.data.scenes.seed)
-    _, renders, _ = render_prompts(per_category(prompts, params.realism_prompts), generator, params.group_size)
+    renders = real_renders(ctx.params, per_category(prompts, params.realism_prompts), params.group_size)
     real = evaluator.features(reference_images(tokenizer, decode, renders))
     realism = RealismPenalty(real, params.realism_coef) if params.realism_coef > 0 else None
     result = train_grpo(

@@ -23,6 +23,7 @@ def render_fn(tokenizer: Any, device: torch.device | str = "cpu") -> DecodeFn:
 
 
 def reference_images(tokenizer: Any, decode: DecodeFn, renders: torch.Tensor) -> torch.Tensor:
-    """uint8 real renders through the tokenizer and its decoder: what generations can at best look
-    like, the reference for their diversity and for their distance to the data."""
+    """uint8 real ``renders`` encoded by the tokenizer and decoded by ``decode`` (images in [-1, 1], as
+    generations are): what generations can at best look like, the reference for their diversity,
+    their distance to the data and the data ceiling."""
     return batched(decode, batched(lambda x: tokenizer.encode(to_unit(x)), renders, 256), 256)
