@@ -21,7 +21,7 @@ from selftok.data.scenes import CATEGORIES, COLORS, SHAPES
 from selftok.eval.params import EvaluatorParams, GenevalParams
 from selftok.rl.params import RLParams
 from selftok.schema import StrictModel
-from selftok.tokenizer.params import RendererParams, TokenizerParams
+from selftok.tokenizer.params import RendererParams, TokenizerParams, VaeParams
 from selftok.tokenizer.spatial_params import SpatialParams
 from selftok.vlm.params import VLMParams
 
@@ -146,6 +146,7 @@ class Params(StrictModel):
     seed: int = 0
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    vae: VaeParams = VaeParams()
     tokenizer: TokenizerParams = TokenizerParams()
     renderer: RendererParams = RendererParams()
     tokenize: TokenizeParams = TokenizeParams()

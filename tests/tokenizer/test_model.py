@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -151,15 +153,16 @@ def test_encoder_stems(tiny_config: TokenizerConfig) -> None:
         SelftokTokenizer(dataclasses.replace(tiny_config, image_size=12, encoder_patch=3, decoder_patch=3, encoder_stem="conv"))
 
 
-def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path) -> None:
-    """A tiny randomly initialised AutoencoderKL from a local folder: /2 latents with 4 channels."""
+def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny randomly initialised AutoencoderKL from a local folder: /2 latents with 4 channels,
+    normalised by the shift and scale of its own config (SD3's values here)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8), latent_channels=4,
-        norm_num_groups=4, layers_per_block=1, sample_size=16,
+        norm_num_groups=4, layers_per_block=1, sample_size=16, shift_factor=0.0609, scaling_factor=1.5305,
     )
     vae.save_pretrained(tmp_path / "vae")
     config = dataclasses.replace(tiny_config, image_size=16, input_space="vae", vae_path=str(tmp_path / "vae"))
@@ -174,4 +177,12 @@ def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path) -> None:
     assert model.decode(codes, steps=2).shape == (2, 3, 16, 16)
     model.save_pretrained(tmp_path / "tok")
     assert not any("vae" in k for k in __import__("safetensors.torch").torch.load_file(str(tmp_path / "tok" / "model.safetensors")))
-    assert torch.equal(SelftokTokenizer.from_pretrained(tmp_path / "tok").encode(images), codes)
+    # the folder carries its own copy of the VAE and finds it from any working directory
+    assert json.loads((tmp_path / "tok" / "config.json").read_text())["vae_path"] == "vae"
+    shutil.rmtree(tmp_path / "vae")
+    monkeypatch.chdir(tmp_path / "tok")
+    loaded = SelftokTokenizer.from_pretrained(tmp_path / "tok")
+    assert torch.equal(loaded.encode(images), codes)
+    model.renderer = model.new_renderer()
+    model.save_renderer(tmp_path / "ren")
+    torch.testing.assert_close(SelftokTokenizer.from_pretrained(tmp_path / "tok", renderer=tmp_path / "ren").render(codes), model.render(codes))

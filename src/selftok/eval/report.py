@@ -22,6 +22,7 @@ from selftok.tracking import flatten
 REPORTS = Path("reports")
 IMAGES = REPORTS / "images"
 CURVES = {  # stage -> metric keys worth plotting
+    "train_vae": ["train.loss"],
     "train_tokenizer": ["train.loss"],
     "train_renderer": ["train.loss"],
     "train_spatial": ["train.loss"],

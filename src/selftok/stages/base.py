@@ -188,8 +188,9 @@ class StageContext:
             mlflow.log_image(image, artifact_file)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """A file, or a folder's contents under ``artifact_path``."""
         if self.tracked:
-            mlflow.log_artifact(str(path), artifact_path)
+            (mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact)(str(path), artifact_path)
 
 
 StageFn = Callable[[StageContext], Metrics]

@@ -51,8 +51,8 @@ class TokenizerConfig(JsonConfig):
     image_size: int = 32
     input_space: InputSpace = "pixels"
     vae_path: str | None = None  # local folder of a diffusers AutoencoderKL (never downloaded)
-    vae_shift: float = 0.0609  # SD3 latent normalisation: (z - shift) * scale
-    vae_scale: float = 1.5305
+    vae_shift: float | None = None  # latent normalisation (z - shift) * scale; None: the VAE config's
+    vae_scale: float | None = None  #   shift_factor / scaling_factor (SD3's VAE: 0.0609 / 1.5305)
     num_tokens: int = 32
     codebook_size: int = 1024
     code_dim: int = 16

@@ -2,12 +2,14 @@
 
 ``encode`` gives codes [B, K] with codes[:, 0] the coarsest token (v1); ``decode`` runs the
 diffusion decoder with the token schedule; ``render`` runs the one-step renderer. Weights are
-saved as safetensors next to a JSON config (never pickles); the VAE of a latent space is
-referenced by its local path, not copied.
+saved as safetensors next to a JSON config (never pickles). The VAE of a latent space is copied
+into the folder (``vae/``, a diffusers folder), so a saved tokenizer loads on its own, from any
+working directory and from the MLflow registry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,9 @@ from selftok.tokenizer.quantizer import Quantizer
 from selftok.tokenizer.renderer import Renderer
 from selftok.tokenizer.sampler import euler_decode
 from selftok.tokenizer.schedule import first_visible, visible_mask
-from selftok.tokenizer.space import build_space
+from selftok.tokenizer.space import VaeSpace, build_space
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE, VAE_FOLDER = "config.json", "model.safetensors", "vae"
 FORMAT = "selftok-tokenizer/1"
 
 
@@ -49,9 +51,13 @@ def own_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in module.state_dict().items() if not k.startswith("space.")}
 
 
-def save_weights(module: nn.Module, folder: Path, config: TokenizerConfig, kind: str) -> None:
-    """``model_type`` is what selftok.mlflow_model dispatches on when the registry loads the folder."""
+def save_weights(module: nn.Module, folder: Path, config: TokenizerConfig, kind: str, space: nn.Module | None = None) -> None:
+    """``model_type`` is what selftok.mlflow_model dispatches on when the registry loads the folder.
+    A VAE ``space`` is saved beside the weights and the config points at it by a relative path."""
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(space, VaeSpace):
+        space.vae.save_pretrained(folder / VAE_FOLDER)
+        config = dataclasses.replace(config, vae_path=VAE_FOLDER)
     save_file(own_state(module), str(folder / WEIGHTS_FILE), metadata={"format": FORMAT, "kind": kind})
     config.save(folder / CONFIG_FILE, format=FORMAT, kind=kind, model_type=f"selftok-{kind}")
 
@@ -63,7 +69,15 @@ def read_config(folder: Path) -> tuple[TokenizerConfig, str]:
     data: dict[str, Any] = json.loads(path.read_text())
     if data.pop("format", None) != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} folder")
-    return TokenizerConfig.from_dict({k: v for k, v in data.items() if k not in ("kind", "model_type")}), data.get("kind", "")
+    config = TokenizerConfig.from_dict({k: v for k, v in data.items() if k not in ("kind", "model_type")})
+    if config.vae_path is not None and not Path(config.vae_path).is_absolute():  # saved relative to the folder
+        config = dataclasses.replace(config, vae_path=str(Path(folder) / config.vae_path))
+    return config, data.get("kind", "")
+
+
+def same_networks(a: TokenizerConfig, b: TokenizerConfig) -> bool:
+    """Equal configs up to where their VAE copy lives."""
+    return dataclasses.replace(a, vae_path=None) == dataclasses.replace(b, vae_path=None)
 
 
 def load_weights(module: nn.Module, folder: Path, prefix: str = "") -> None:
@@ -177,13 +191,13 @@ class SelftokTokenizer(nn.Module):
     # --- persistence ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> None:
         state_owner = nn.ModuleDict({"encoder": self.encoder, "quantizer": self.quantizer, "decoder": self.decoder})
-        save_weights(state_owner, Path(folder), self.config, "tokenizer")
+        save_weights(state_owner, Path(folder), self.config, "tokenizer", self.space)
 
     def save_renderer(self, folder: str | Path) -> None:
         """The renderer folder is self-contained (tokenizer weights too), so it loads on its own."""
         if self.renderer is None:
             raise RuntimeError("no renderer to save")
-        save_weights(self, Path(folder), self.config, "renderer")
+        save_weights(self, Path(folder), self.config, "renderer", self.space)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, renderer: str | Path | None = None) -> SelftokTokenizer:
@@ -196,7 +210,7 @@ class SelftokTokenizer(nn.Module):
         model = cls(config)
         if renderer is not None:
             renderer_config, kind = read_config(Path(renderer))
-            if kind != "renderer" or renderer_config != config:
+            if kind != "renderer" or not same_networks(renderer_config, config):
                 raise ValueError(f"{renderer}: not a renderer for the tokenizer in {folder}")
             model.renderer = Renderer(model.space.channels, model.space.size, config)
             load_weights(model.renderer, Path(renderer), prefix="renderer.")

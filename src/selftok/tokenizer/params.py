@@ -1,4 +1,4 @@
-"""params.yaml sections `tokenizer` and `renderer` (strict: unknown keys and impossible values fail early)."""
+"""params.yaml sections `vae`, `tokenizer` and `renderer` (strict: unknown keys and impossible values fail early)."""
 
 from __future__ import annotations
 
@@ -115,3 +115,33 @@ class RendererParams(StrictModel):
     checkpoint_every: Positive = 200
     log_every: Positive = 25
     eval_every: Positive = 300
+
+
+class VaeParams(StrictModel):
+    """params.yaml section ``vae``: the autoencoder's shape and its training recipe."""
+
+    block_out_channels: tuple[Positive, ...] = (16, 32, 64)  # one halving per step: 32x32 -> 8x8 latents
+    layers_per_block: Positive = 1
+    latent_channels: Positive = 8
+    norm_num_groups: Positive = 16
+    kl_weight: float = Field(1e-6, ge=0.0)  # small: the latent stays close to deterministic
+    steps: Positive = 1500
+    batch_size: Positive = 64
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    lr_decay: LRDecay = "cosine"
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    scaling_images: Positive = 2048  # train images the latent shift and scale are measured on
+    checkpoint_every: Positive = 250
+    log_every: Positive = 25
+    eval_every: Positive = 500
+
+    @model_validator(mode="after")
+    def _check(self) -> VaeParams:
+        bad = [w for w in self.block_out_channels if w % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"block_out_channels {bad} are not divisible by norm_num_groups {self.norm_num_groups}")
+        return self
+
+    def downsampling(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)

@@ -29,16 +29,20 @@ class PixelSpace(nn.Module):
 
 
 class VaeSpace(nn.Module):
-    """SD3-style latents: ``(mode(z) - shift) * scale``; the VAE stays frozen and in eval mode."""
+    """SD3-style latents: ``(mode(z) - shift) * scale``; the VAE stays frozen and in eval mode.
 
-    def __init__(self, vae: AutoencoderKL, image_size: int, shift: float, scale: float) -> None:
+    ``shift`` and ``scale`` default to the VAE config's ``shift_factor`` and ``scaling_factor``
+    (the SD3 VAE ships 0.0609 and 1.5305; ``train_vae`` fits them to the data)."""
+
+    def __init__(self, vae: AutoencoderKL, image_size: int, shift: float | None = None, scale: float | None = None) -> None:
         super().__init__()
         self.vae = vae.requires_grad_(False).eval()
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         if image_size % factor:
             raise ValueError(f"image_size {image_size} is not divisible by the VAE's downsampling {factor}")
         self.channels, self.size = vae.config.latent_channels, image_size // factor
-        self.shift, self.scale = shift, scale
+        self.shift = shift if shift is not None else (vae.config.shift_factor or 0.0)
+        self.scale = scale if scale is not None else vae.config.scaling_factor
 
     def train(self, mode: bool = True) -> VaeSpace:
         super().train(mode)

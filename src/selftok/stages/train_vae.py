@@ -1,0 +1,60 @@
+"""Stage train_vae: the autoencoder whose latents the tokenizer reads (``tokenizer.input_space: vae``).
+
+Outs: models/vae (a diffusers AutoencoderKL folder, safetensors, with the fitted latent
+shift_factor / scaling_factor), checkpoints/vae (persisted, for resume),
+plots/train_vae_loss.csv. Metrics: 8-bit PSNR / SSIM of val reconstructions through the latent
+mean, the latent shape and its fitted statistics. The VAE is logged to MLflow as an artifact,
+not registered: every tokenizer trained on it carries its own copy (``SelftokTokenizer.save_pretrained``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selftok.data.dataset import load_split, to_unit
+from selftok.stages.base import Metrics, StageContext
+from selftok.stages.train_tokenizer import history_logger, train_summary, write_history_csv
+from selftok.tokenizer.grids import image_grid
+from selftok.tokenizer.metrics import psnr_8bit, ssim_8bit
+from selftok.tokenizer.train import make_accelerator
+from selftok.tokenizer.vae import build_vae, fit_latent_scaling, reconstruct, train_vae
+
+MODEL, CHECKPOINTS = Path("models/vae"), Path("checkpoints/vae")
+
+
+def run(ctx: StageContext) -> Metrics:
+    p, seed, evaluation = ctx.params.vae, ctx.params.seed, ctx.params.tokenizer.eval
+    size = ctx.params.data.image_size
+    train = load_split(ctx.root, "train").images
+    val = load_split(ctx.root, "val", limit=evaluation.val_images).images
+    vae = build_vae(p, size)
+    checkpoints = ctx.path(CHECKPOINTS)
+    accelerator = make_accelerator()
+    callbacks = history_logger(ctx, checkpoints, "train")
+
+    def on_eval(step: int) -> None:
+        originals = val[: evaluation.grid_images]
+        ctx.log_image(image_grid([to_unit(originals), reconstruct(vae, originals)]), f"grids/step_{step:06d}.png")
+        vae.train()
+
+    callbacks.on_eval = on_eval
+    result = train_vae(vae, train, p, seed, checkpoints, callbacks if accelerator.is_main_process else None, accelerator)
+    if not accelerator.is_main_process:
+        return {}
+    shift, scale = fit_latent_scaling(vae, train[: p.scaling_images])
+    vae.save_pretrained(ctx.path(MODEL))
+    recon, target = reconstruct(vae, val), to_unit(val)
+    write_history_csv(checkpoints, ctx.path("plots/train_vae_loss.csv"))
+    ctx.log_artifact(ctx.path(MODEL), "vae")
+    channels = vae.config.latent_channels
+    return {
+        "vae": {
+            "psnr": float(psnr_8bit(recon, target).mean()),
+            "ssim": float(ssim_8bit(recon, target).mean()),
+            "latent_shape": [channels, size // p.downsampling(), size // p.downsampling()],
+            "latent_shift": shift,
+            "latent_scale": scale,
+            "params_millions": sum(q.numel() for q in vae.parameters()) / 1e6,
+        },
+        "train": train_summary(result),
+    }

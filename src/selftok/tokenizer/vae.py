@@ -1,0 +1,119 @@
+"""The latent space the tokenizer reads and denoises: a small diffusers AutoencoderKL trained on the data.
+
+The paper's tokenizer works on SD3-VAE latents. No such VAE exists for 32x32 scenes and nothing
+downloads here, so ``train_vae`` trains one: diffusers' conv encoder/decoder with a diagonal
+Gaussian latent, pixel MSE plus a small KL term. The latent statistics are stored the SD3 way,
+as the config's ``shift_factor`` and ``scaling_factor`` (latent = (z - shift) * scale, unit
+variance), which is what ``selftok.tokenizer.space.VaeSpace`` applies.
+
+Why a latent space at our scale too: on raw pixels the tokenizer's encoder never learns shape
+(its patch features hold colour, not outline; docs/tokenizer_ablation.md). A conv autoencoder's
+latents carry local outline features, so the same encoder reads shapes from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import AutoencoderKL
+from torch import nn
+
+from selftok.data.dataset import to_unit
+from selftok.tokenizer.params import VaeParams
+from selftok.tokenizer.train import Callbacks, LoopConfig, TrainResult, make_accelerator, run_loop
+
+
+def build_vae(params: VaeParams, image_size: int) -> AutoencoderKL:
+    """A fresh AutoencoderKL of ``params``' shape (no attention in the mid block: it costs ~3x at 32x32)."""
+    if image_size % params.downsampling():
+        raise ValueError(f"image_size {image_size} is not divisible by the VAE's downsampling {params.downsampling()}")
+    blocks = len(params.block_out_channels)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=params.block_out_channels,
+        layers_per_block=params.layers_per_block,
+        latent_channels=params.latent_channels,
+        norm_num_groups=params.norm_num_groups,
+        sample_size=image_size,
+        mid_block_add_attention=False,
+    )
+
+
+class VaeObjective(nn.Module):
+    """Per-sample reconstruction MSE and KL of one forward (what accelerate wraps)."""
+
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(images).latent_dist
+        recon = self.vae.decode(posterior.sample(generator=generator)).sample
+        return F.mse_loss(recon, images, reduction="none").flatten(1).mean(1), posterior.kl() / images[0].numel()
+
+
+class VaeTask:
+    """The ``train.Task`` of the autoencoder: MSE + kl_weight x KL (per pixel), one parameter group."""
+
+    def __init__(self, vae: AutoencoderKL, images: torch.Tensor, params: VaeParams, device: torch.device) -> None:
+        self.module = VaeObjective(vae)
+        self.images = images  # uint8 [N, 3, H, W], kept on CPU
+        self.params = params
+        self.device = device
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": list(self.module.parameters()), "lr": lr}]
+
+    def loss(self, wrapped: nn.Module, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Any]:
+        mse, kl = wrapped(to_unit(self.images[index]).to(self.device), generator)
+        return mse.mean() + self.params.kl_weight * kl.mean(), (mse.detach(), kl.detach())
+
+    def after_step(self, aux: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator) -> dict[str, float]:
+        mse, kl = aux
+        return {"recon_mse": float(mse.mean()), "kl_per_pixel": float(kl.mean())}
+
+
+@torch.no_grad()
+def latent_modes(vae: AutoencoderKL, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Unscaled latent means [N, C, h, w] of uint8 images."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    return torch.cat([vae.encode(to_unit(images[i : i + batch]).to(device)).latent_dist.mode().cpu() for i in range(0, len(images), batch)])
+
+
+def fit_latent_scaling(vae: AutoencoderKL, images: torch.Tensor) -> tuple[float, float]:
+    """Set the config's shift_factor / scaling_factor so that latents of ``images`` have mean 0, std 1."""
+    z = latent_modes(vae, images)
+    shift, scale = float(z.mean()), 1.0 / float(z.std().clamp_min(1e-6))
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    return shift, scale
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """uint8 images -> reconstructions in [-1, 1] through the latent mean."""
+    z = latent_modes(vae, images, batch)
+    device = next(vae.parameters()).device
+    return torch.cat([vae.decode(z[i : i + batch].to(device)).sample.clamp(-1, 1).cpu() for i in range(0, len(z), batch)])
+
+
+def train_vae(
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    params: VaeParams,
+    seed: int,
+    checkpoints: Path,
+    callbacks: Callbacks | None = None,
+    accelerator: Accelerator | None = None,
+) -> TrainResult:
+    """Train ``vae`` on uint8 images [N, 3, H, W] to ``params.steps``, resuming from ``checkpoints``."""
+    accelerator = accelerator or make_accelerator()
+    task = VaeTask(vae.to(accelerator.device), images, params, accelerator.device)
+    result = run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
+    vae.eval()
+    return result
