@@ -16,6 +16,7 @@ reference 5-layer CNN instead. Examples:
     python scripts/encoder_probe.py --stem linear
     python scripts/encoder_probe.py --stem conv --read patches
     python scripts/encoder_probe.py --cnn
+    python scripts/encoder_probe.py --vae models/vae   # the encoder on VAE latents (patch 1)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch import nn
 from selftok.data.dataset import to_unit
 from selftok.tokenizer.encoder import Encoder
 from selftok.tokenizer.params import TokenizerParams
+from selftok.tokenizer.space import PixelSpace, VaeSpace, load_vae
 
 
 def reference_cnn(classes: int) -> nn.Module:
@@ -47,10 +49,11 @@ def reference_cnn(classes: int) -> nn.Module:
 class EncoderProbe(nn.Module):
     """The tokenizer encoder with a label head on the features that ``read`` names."""
 
-    def __init__(self, stem: str, read: str, head: str, classes: int) -> None:
+    def __init__(self, stem: str, read: str, head: str, classes: int, space: PixelSpace | VaeSpace) -> None:
         super().__init__()
-        config = TokenizerParams(encoder_stem=stem).architecture(32)
-        self.encoder, self.read, self.pool = Encoder(3, 32, config), read, head == "max"
+        patch = 4 if isinstance(space, PixelSpace) else 1
+        config = TokenizerParams(encoder_stem=stem, encoder_patch=patch).architecture(32)
+        self.encoder, self.read, self.pool = Encoder(space.channels, space.size, config), read, head == "max"
         width = config.encoder_width
         count = config.num_tokens if read == "queries" else self.encoder.num_patches
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, classes)) if self.pool else nn.Linear(count * width, classes)
@@ -73,12 +76,16 @@ def main() -> None:
     ap.add_argument("--cnn", action="store_true", help="the reference CNN instead of the tokenizer encoder")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--every", type=int, default=150)
+    ap.add_argument("--vae", type=Path, help="a train_vae folder: the encoder reads its scaled latents (patch 1)")
     ap.add_argument("--cache", type=Path, default=Path("ablation_runs/tokenizer"))
     args = ap.parse_args()
+    if args.cnn and args.vae:
+        ap.error("--cnn reads pixels; --vae is for the tokenizer encoder")
     images, shapes, colors = labelled_scenes(N_FIT + N_TEST, args.cache)
-    x, y, n_shapes = to_unit(images), torch.cat([shapes, colors], 1), shapes.shape[1]
+    space = VaeSpace(load_vae(args.vae), 32) if args.vae else PixelSpace(32)
+    x, y, n_shapes = torch.cat([space.encode(b) for b in to_unit(images).split(500)]), torch.cat([shapes, colors], 1), shapes.shape[1]
     torch.manual_seed(0)
-    net = reference_cnn(y.shape[1]) if args.cnn else EncoderProbe(args.stem, args.read, args.head, y.shape[1])
+    net = reference_cnn(y.shape[1]) if args.cnn else EncoderProbe(args.stem, args.read, args.head, y.shape[1], space)
     optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
     test, start = slice(N_FIT, N_FIT + N_TEST), time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -94,7 +101,7 @@ def main() -> None:
             net.train()
             row = {"step": step, "seconds": round(time.perf_counter() - start), "shape_label_accuracy": right[:, :n_shapes].mean().item(),
                    "color_label_accuracy": right[:, n_shapes:].mean().item()}
-            name = "cnn" if args.cnn else f"encoder/{args.stem}/{args.read}/{args.head}"
+            name = "cnn" if args.cnn else f"encoder/{args.stem}/{args.read}/{args.head}" + ("/vae" if args.vae else "")
             print(json.dumps({"model": name, **row}), flush=True)
 
 
