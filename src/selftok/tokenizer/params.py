@@ -35,8 +35,23 @@ class SizeOverrides(StrictModel):
         return {k: v for k in SizeOverrides.model_fields if (v := getattr(self, k)) is not None}
 
 
-class TokenizerParams(SizeOverrides):
-    """Architecture (size preset + overrides) and the joint encoder/decoder training recipe."""
+class LoopParams(StrictModel):
+    """The knobs of the shared training loop (selftok.tokenizer.train.LoopConfig), by name."""
+
+    steps: Positive = 2000
+    batch_size: Positive = 64
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    lr_decay: LRDecay = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    checkpoint_every: Positive = 200
+    log_every: Positive = 25
+    eval_every: Positive = 500
+
+
+class TokenizerParams(SizeOverrides, LoopParams):
+    """Architecture (size preset + overrides) and the joint encoder/decoder training recipe
+    (``lr`` drives the encoder, quantiser projection and token stream)."""
 
     size: Literal[tuple(SIZES)] = "T"  # type: ignore[valid-type]
     num_tokens: Positive = 32
@@ -53,22 +68,13 @@ class TokenizerParams(SizeOverrides):
     dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
     code_norm: CodeNormKind = "batch"  # see selftok.tokenizer.quantizer.Quantizer.project
 
-    steps: Positive = 2000
-    batch_size: Positive = 64
-    lr: float = Field(1e-3, gt=0.0, le=1.0)  # encoder, quantiser projection and token stream
     image_lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # image stream lr = lr * this (paper ~0.2)
-    lr_decay: LRDecay = "cosine"
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
     pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder
     edge_weight: EdgeWeight = 0.0
     prefix_dropout: Fraction = 0.2  # nested prefix cut (our extension)
     no_token_fraction: Fraction = 0.1  # unconditional samples (enables CFG)
     commitment_weight: float = Field(1.0, ge=0.0)
     entropy_weight: float = Field(0.0, ge=0.0)
-    checkpoint_every: Positive = 200
-    log_every: Positive = 25
-    eval_every: Positive = 500
     eval: TokenizerEval = TokenizerEval()
 
     @model_validator(mode="after")
@@ -100,41 +106,30 @@ class TokenizerParams(SizeOverrides):
         )
 
 
-class RendererParams(StrictModel):
+class RendererParams(LoopParams):
     """One-step renderer trained on the frozen tokenizer's codes with pixel MSE."""
 
     steps: Positive = 600
-    batch_size: Positive = 64
     lr: float = Field(5e-4, gt=0.0, le=1.0)
-    lr_decay: LRDecay = "cosine"
     warmup_steps: int = Field(50, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
+    eval_every: Positive = 300
     init_from_decoder: bool = True  # start from the diffusion decoder at t=1 (converges much faster)
     prefix_dropout: Fraction = 0.0  # nested prefix cut so that prefixes render too
     edge_weight: EdgeWeight = 0.0
-    checkpoint_every: Positive = 200
-    log_every: Positive = 25
-    eval_every: Positive = 300
 
 
-class VaeParams(StrictModel):
+class VaeParams(LoopParams):
     """params.yaml section ``vae``: the autoencoder's shape and its training recipe."""
 
+    steps: Positive = 1500
+    warmup_steps: int = Field(50, ge=0)
+    checkpoint_every: Positive = 250
     block_out_channels: tuple[Positive, ...] = (16, 32, 64)  # one halving per step: 32x32 -> 8x8 latents
     layers_per_block: Positive = 1
     latent_channels: Positive = 8
     norm_num_groups: Positive = 16
     kl_weight: float = Field(1e-6, ge=0.0)  # small: the latent stays close to deterministic
-    steps: Positive = 1500
-    batch_size: Positive = 64
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    lr_decay: LRDecay = "cosine"
-    warmup_steps: int = Field(50, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
     scaling_images: Positive = 2048  # train images the latent shift and scale are measured on
-    checkpoint_every: Positive = 250
-    log_every: Positive = 25
-    eval_every: Positive = 500
 
     @model_validator(mode="after")
     def _check(self) -> VaeParams:

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from selftok.schema import LRDecay
-from selftok.tokenizer.params import EdgeWeight, Fraction, Positive, SizeOverrides
+from selftok.tokenizer.params import EdgeWeight, Fraction, LoopParams, Positive, SizeOverrides
 
 if TYPE_CHECKING:
     from selftok.tokenizer.spatial import SpatialConfig
@@ -23,7 +22,7 @@ SPATIAL_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-class SpatialParams(SizeOverrides):
+class SpatialParams(SizeOverrides, LoopParams):
     """Architecture (size preset + overrides) and the recipe; defaults follow TokenizerParams."""
 
     size: Literal[tuple(SPATIAL_SIZES)] = "T"  # type: ignore[valid-type]
@@ -32,19 +31,9 @@ class SpatialParams(SizeOverrides):
     code_dim: int = Field(16, ge=2)
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
-
-    steps: Positive = 2000
-    batch_size: Positive = 64
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    lr_decay: LRDecay = "cosine"
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
     prefix_dropout: Fraction = 0.2  # share of samples decoded from a random raster prefix
     edge_weight: EdgeWeight = 0.0
     commitment_weight: float = Field(1.0, ge=0.0)
-    checkpoint_every: Positive = 200
-    log_every: Positive = 25
-    eval_every: Positive = 500
 
     def architecture(self, image_size: int) -> SpatialConfig:
         from selftok.tokenizer.spatial import SpatialConfig  # torch-heavy: not needed to validate params

@@ -19,7 +19,7 @@ from selftok.data.dataset import to_unit
 from selftok.tokenizer.schedule import sample_limits
 from selftok.tokenizer.spatial import SpatialStep, SpatialTokenizer
 from selftok.tokenizer.spatial_params import SpatialParams
-from selftok.tokenizer.train import Callbacks, LoopConfig, TrainResult, make_accelerator, run_loop
+from selftok.tokenizer.train import Callbacks, TrainResult, train_task
 
 
 class SpatialTask:
@@ -63,8 +63,9 @@ def train_spatial(
     accelerator: Accelerator | None = None,
 ) -> TrainResult:
     """Train ``model`` on uint8 images [N, 3, H, W] to ``params.steps``, resuming from ``checkpoints``."""
-    accelerator = accelerator or make_accelerator()
-    task = SpatialTask(model.to(accelerator.device), images, params, accelerator.device)
-    result = run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
+    def task_for(device: torch.device) -> SpatialTask:
+        return SpatialTask(model.to(device), images, params, device)
+
+    result = train_task(task_for, len(images), params, seed, checkpoints, callbacks, accelerator)
     model.eval()
     return result

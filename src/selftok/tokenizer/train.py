@@ -177,6 +177,21 @@ def run_loop(
     return TrainResult(loop.steps, start, seconds, ran / max(seconds, 1e-9), history)
 
 
+def train_task(
+    task_for: Callable[[torch.device], Task],
+    n_samples: int,
+    params: Any,
+    seed: int,
+    checkpoints: Path,
+    callbacks: Callbacks | None,
+    accelerator: Accelerator | None,
+) -> TrainResult:
+    """Build a task on the accelerator's device and train it with ``params``' loop knobs (LoopParams)."""
+    accelerator = accelerator or make_accelerator()
+    loop = LoopConfig.from_params(params, seed)
+    return run_loop(task_for(accelerator.device), n_samples, params.lr, loop, checkpoints, accelerator, callbacks)
+
+
 class TokenizerTask:
     """Joint encoder/quantiser/decoder training: flow-matching loss with the token schedule."""
 
@@ -239,9 +254,10 @@ def train_tokenizer(
     callbacks: Callbacks | None = None,
     accelerator: Accelerator | None = None,
 ) -> TrainResult:
-    accelerator = accelerator or make_accelerator()
-    task = TokenizerTask(model.to(accelerator.device), images, params, accelerator.device)
-    return run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
+    def task_for(device: torch.device) -> TokenizerTask:
+        return TokenizerTask(model.to(device), images, params, device)
+
+    return train_task(task_for, len(images), params, seed, checkpoints, callbacks, accelerator)
 
 
 class RenderObjective(nn.Module):

@@ -24,7 +24,7 @@ from torch import nn
 
 from selftok.data.dataset import to_unit
 from selftok.tokenizer.params import VaeParams
-from selftok.tokenizer.train import Callbacks, LoopConfig, TrainResult, make_accelerator, run_loop
+from selftok.tokenizer.train import Callbacks, TrainResult, train_task
 
 
 def build_vae(params: VaeParams, image_size: int) -> AutoencoderKL:
@@ -112,8 +112,9 @@ def train_vae(
     accelerator: Accelerator | None = None,
 ) -> TrainResult:
     """Train ``vae`` on uint8 images [N, 3, H, W] to ``params.steps``, resuming from ``checkpoints``."""
-    accelerator = accelerator or make_accelerator()
-    task = VaeTask(vae.to(accelerator.device), images, params, accelerator.device)
-    result = run_loop(task, len(images), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
+    def task_for(device: torch.device) -> VaeTask:
+        return VaeTask(vae.to(device), images, params, device)
+
+    result = train_task(task_for, len(images), params, seed, checkpoints, callbacks, accelerator)
     vae.eval()
     return result
