@@ -41,6 +41,20 @@ def test_ingest_is_byte_identical_and_manifest_matches(project: Path, tmp_path: 
     assert {p.relative_to(other): p.read_bytes() for p in sorted((other / "data" / "shards").rglob("*.tar"))} == first
 
 
+def test_a_failing_stage_leaves_no_earlier_metrics(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = project / "metrics" / "ingest.json"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text('{"n_train": 1}\n')
+
+    def broken(ctx: object) -> dict:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("selftok.stages.base.stage_function", lambda name: broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_stage("ingest", project)
+    assert not stale.exists()
+
+
 def test_cli_rejects_bad_params_before_work(project: Path) -> None:
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("image_size: 16", "image_size: sixteen"))

@@ -219,13 +219,14 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
         return fn(ctx)
     hashes = tracking.input_hashes(input_paths(root, spec))
     guard_checkpoints(root, spec, resume_fingerprint(used, hashes))
+    out = root / spec.metrics_file
+    out.unlink(missing_ok=True)  # a running or failed stage shows no numbers from an earlier run as its own
     system_metrics = name.startswith(("train", "pretrain", "rl"))
     with tracking.stage_run(root, params.tracking.experiment, name, used, params_hash(used), hashes, system_metrics) as run:
         ctx.run_id = run.info.run_id
         log.info("stage %s: started (MLflow run %s)", name, ctx.run_id)
         metrics = fn(ctx)
         ctx.log_metrics(metrics)
-        out = root / spec.metrics_file
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         mlflow.log_metric("stage_seconds", time.perf_counter() - ctx.started)
