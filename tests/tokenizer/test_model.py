@@ -179,10 +179,17 @@ def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path, monkeypat
     assert not any("vae" in k for k in __import__("safetensors.torch").torch.load_file(str(tmp_path / "tok" / "model.safetensors")))
     # the folder carries its own copy of the VAE and finds it from any working directory
     assert json.loads((tmp_path / "tok" / "config.json").read_text())["vae_path"] == "vae"
+    assert "_name_or_path" not in json.loads((tmp_path / "tok" / "vae" / "config.json").read_text())
     shutil.rmtree(tmp_path / "vae")
-    monkeypatch.chdir(tmp_path / "tok")
-    loaded = SelftokTokenizer.from_pretrained(tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)  # where a cwd-relative "vae" would now be missing
+    loaded = SelftokTokenizer.from_pretrained("tok")
     assert torch.equal(loaded.encode(images), codes)
-    model.renderer = model.new_renderer()
-    model.save_renderer(tmp_path / "ren")
-    torch.testing.assert_close(SelftokTokenizer.from_pretrained(tmp_path / "tok", renderer=tmp_path / "ren").render(codes), model.render(codes))
+    loaded.renderer = loaded.new_renderer()
+    loaded.save_renderer(tmp_path / "ren")  # a copy of a copy: the bytes of the VAE are the same
+    torch.testing.assert_close(SelftokTokenizer.from_pretrained("tok", renderer="ren").render(codes), loaded.render(codes))
+    # a renderer trained over another VAE is refused
+    with torch.no_grad():
+        loaded.space.vae.decoder.conv_out.bias.add_(1.0)
+    loaded.save_renderer(tmp_path / "other")
+    with pytest.raises(ValueError, match="not a renderer for the tokenizer"):
+        SelftokTokenizer.from_pretrained("tok", renderer="other")

@@ -92,5 +92,8 @@ def test_a_tokenizer_reads_the_trained_latents(tmp_path: Path) -> None:
     model = SelftokTokenizer(config)
     assert model.input_shape(2) == (2, 4, 4, 4)
     assert model.space.shift == vae.config.shift_factor and model.space.scale == vae.config.scaling_factor
+    images = color_images(4).float() / 127.5 - 1
+    codes = model.encode(images)
+    assert codes.shape == (4, TINY["num_tokens"]) and model.decode(codes, steps=2).shape == (4, 3, 8, 8)
     pinned = SelftokTokenizer(dataclasses.replace(config, vae_shift=0.0, vae_scale=2.0))
     assert (pinned.space.shift, pinned.space.scale) == (0.0, 2.0)

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import mlflow
+import torch
 import yaml
 
 from selftok import tracking
@@ -214,6 +215,7 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     fn = stage_function(spec.group)
     used = used_params(spec, params)
     ctx = StageContext(name=name, root=root, params=params, spec=spec)
+    torch.manual_seed(params.seed)  # weight initialisation and anything else drawn from torch's global generator
     if os.environ.get("RANK", "0") != "0":  # accelerate/torchrun worker: rank 0 alone tracks and writes
         ctx.tracked = False
         return fn(ctx)

@@ -8,7 +8,6 @@ The loss history lives beside the checkpoints, so the plot survives a resume.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 from selftok import tracking
 from selftok.data.dataset import load_split
 from selftok.stages.base import Metrics, StageContext
-from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.grids import reconstruction_grid
 from selftok.tokenizer.metrics import evaluate_tokenizer
 from selftok.tokenizer.model import SelftokTokenizer
@@ -61,17 +59,11 @@ def train_summary(result: TrainResult) -> dict[str, float]:
     return {"steps": result.steps, "resumed_from": result.resumed_from, "seconds": result.seconds, "steps_per_s": result.steps_per_s}
 
 
-def architecture(ctx: StageContext) -> TokenizerConfig:
-    """The params' architecture, with ``vae_path`` (e.g. models/vae) read from the project root."""
-    config = ctx.params.tokenizer.architecture(ctx.params.data.image_size)
-    return config if config.vae_path is None else dataclasses.replace(config, vae_path=str(ctx.path(config.vae_path)))
-
-
 def run(ctx: StageContext) -> Metrics:
     p, seed = ctx.params.tokenizer, ctx.params.seed
     train = load_split(ctx.root, "train").images
     val = load_split(ctx.root, "val", limit=p.eval.val_images).images
-    model = SelftokTokenizer(architecture(ctx))
+    model = SelftokTokenizer(p.architecture(ctx.params.data.image_size, ctx.root))
     checkpoints = ctx.path(CHECKPOINTS)
     accelerator = make_accelerator()
     callbacks = history_logger(ctx, checkpoints, "train")

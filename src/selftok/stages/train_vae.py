@@ -23,17 +23,16 @@ MODEL, CHECKPOINTS = Path("models/vae"), Path("checkpoints/vae")
 
 
 def run(ctx: StageContext) -> Metrics:
-    p, seed, evaluation = ctx.params.vae, ctx.params.seed, ctx.params.tokenizer.eval
-    size = ctx.params.data.image_size
+    p, seed, size = ctx.params.vae, ctx.params.seed, ctx.params.data.image_size
     train = load_split(ctx.root, "train").images
-    val = load_split(ctx.root, "val", limit=evaluation.val_images).images
+    val = load_split(ctx.root, "val", limit=p.val_images).images
     vae = build_vae(p, size)
     checkpoints = ctx.path(CHECKPOINTS)
     accelerator = make_accelerator()
     callbacks = history_logger(ctx, checkpoints, "train")
 
     def on_eval(step: int) -> None:
-        originals = val[: evaluation.grid_images]
+        originals = val[: p.grid_images]
         ctx.log_image(image_grid([to_unit(originals), reconstruct(vae, originals)]), f"grids/step_{step:06d}.png")
         vae.train()
 

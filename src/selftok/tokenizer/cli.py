@@ -130,7 +130,7 @@ def bench_tokenizer(
     if (root / TOKENIZER / "config.json").is_file():
         model = _load(root, renderer=True)
     else:  # an untrained model of the configured size times the same
-        model = SelftokTokenizer(p.tokenizer.architecture(size)).eval()
+        model = SelftokTokenizer(p.tokenizer.architecture(size, root)).eval()
     if model.renderer is None:
         model.renderer = model.new_renderer()
     x = torch.rand(n, 3, model.config.image_size, model.config.image_size) * 2 - 1
@@ -149,7 +149,7 @@ def bench_tokenizer(
         "diffusion_decode_images_per_s": rate(lambda: model.decode(codes, steps=steps)),
         "diffusion_decode_steps": float(steps),
     }
-    fresh = SelftokTokenizer(p.tokenizer.architecture(size))
+    fresh = SelftokTokenizer(p.tokenizer.architecture(size, root))
     images = torch.randint(0, 256, (max(p.tokenizer.batch_size, n), 3, size, size), dtype=torch.uint8)
     train_params = p.tokenizer.model_copy(update={"steps": train_steps, "warmup_steps": 0, "log_every": train_steps})
     with tempfile.TemporaryDirectory() as tmp:

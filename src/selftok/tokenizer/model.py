@@ -10,6 +10,7 @@ working directory and from the MLflow registry.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,29 @@ def own_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in module.state_dict().items() if not k.startswith("space.")}
 
 
+def save_vae(space: VaeSpace, folder: Path) -> None:
+    """The VAE's diffusers folder, without the path it was loaded from (diffusers records it as
+    ``_name_or_path``), so the saved bytes do not depend on where the project lives."""
+    space.vae.save_pretrained(folder)
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("_name_or_path", None)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def vae_digest(config: TokenizerConfig) -> str | None:
+    """sha256 of the VAE weights a config points at (None in pixel space)."""
+    if config.vae_path is None:
+        return None
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(config.vae_path).glob("*.safetensors")))).hexdigest()
+
+
 def save_weights(module: nn.Module, folder: Path, config: TokenizerConfig, kind: str, space: nn.Module | None = None) -> None:
     """``model_type`` is what selftok.mlflow_model dispatches on when the registry loads the folder.
     A VAE ``space`` is saved beside the weights and the config points at it by a relative path."""
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(space, VaeSpace):
-        space.vae.save_pretrained(folder / VAE_FOLDER)
+        save_vae(space, folder / VAE_FOLDER)
         config = dataclasses.replace(config, vae_path=VAE_FOLDER)
     save_file(own_state(module), str(folder / WEIGHTS_FILE), metadata={"format": FORMAT, "kind": kind})
     config.save(folder / CONFIG_FILE, format=FORMAT, kind=kind, model_type=f"selftok-{kind}")
@@ -76,8 +94,8 @@ def read_config(folder: Path) -> tuple[TokenizerConfig, str]:
 
 
 def same_networks(a: TokenizerConfig, b: TokenizerConfig) -> bool:
-    """Equal configs up to where their VAE copy lives."""
-    return dataclasses.replace(a, vae_path=None) == dataclasses.replace(b, vae_path=None)
+    """Equal configs and the same VAE weights, wherever each folder keeps its copy."""
+    return dataclasses.replace(a, vae_path=None) == dataclasses.replace(b, vae_path=None) and vae_digest(a) == vae_digest(b)
 
 
 def load_weights(module: nn.Module, folder: Path, prefix: str = "") -> None:

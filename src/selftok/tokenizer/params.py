@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -85,12 +86,16 @@ class TokenizerParams(SizeOverrides, LoopParams):
             raise ValueError("input_space 'vae' needs vae_path (a local diffusers AutoencoderKL folder)")
         return self
 
-    def architecture(self, image_size: int) -> TokenizerConfig:
+    def architecture(self, image_size: int, root: Path | None = None) -> TokenizerConfig:
+        """The networks' config; a relative ``vae_path`` is read from ``root`` (the project) when given."""
+        vae_path = self.vae_path if self.input_space == "vae" else None
+        if vae_path is not None and root is not None:
+            vae_path = str(root / vae_path)  # an absolute vae_path stays as it is
         return TokenizerConfig.from_size(
             self.size,
             image_size=image_size,
             input_space=self.input_space,
-            vae_path=self.vae_path,
+            vae_path=vae_path,
             num_tokens=self.num_tokens,
             codebook_size=self.codebook_size,
             code_dim=self.code_dim,
@@ -124,12 +129,14 @@ class VaeParams(LoopParams):
     steps: Positive = 1500
     warmup_steps: int = Field(50, ge=0)
     checkpoint_every: Positive = 250
-    block_out_channels: tuple[Positive, ...] = (16, 32, 64)  # one halving per step: 32x32 -> 8x8 latents
+    block_out_channels: tuple[Positive, ...] = Field((16, 32, 64), min_length=1)  # one halving per step: 32x32 -> 8x8
     layers_per_block: Positive = 1
     latent_channels: Positive = 8
     norm_num_groups: Positive = 16
     kl_weight: float = Field(1e-6, ge=0.0)  # small: the latent stays close to deterministic
     scaling_images: Positive = 2048  # train images the latent shift and scale are measured on
+    val_images: Positive = 128  # val images its PSNR / SSIM are measured on
+    grid_images: Positive = 8  # images in the reconstruction grids logged to MLflow
 
     @model_validator(mode="after")
     def _check(self) -> VaeParams:

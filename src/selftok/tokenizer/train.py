@@ -56,7 +56,7 @@ class LoopConfig:
 
     @classmethod
     def from_params(cls, params: Any, seed: int) -> LoopConfig:
-        """The loop fields of any training params section (tokenizer, renderer, spatial) by name."""
+        """The loop fields of any training params section (selftok.tokenizer.params.LoopParams) by name."""
         names = [f.name for f in dataclasses.fields(cls) if f.name != "seed"]
         return cls(**{name: getattr(params, name) for name in names}, seed=seed)
 
