@@ -26,7 +26,7 @@ from selftok.schema import LRDecay
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from selftok.tokenizer.loss import pixel_loss
 from selftok.tokenizer.model import SelftokTokenizer, StepOutput, own_state
-from selftok.tokenizer.params import RendererParams, TokenizerParams
+from selftok.tokenizer.params import LoopParams, RendererParams, TokenizerParams
 from selftok.tokenizer.renderer import Renderer
 from selftok.tokenizer.schedule import sample_limits
 
@@ -180,13 +180,13 @@ def run_loop(
 def train_task(
     task_for: Callable[[torch.device], Task],
     n_samples: int,
-    params: Any,
+    params: LoopParams,
     seed: int,
     checkpoints: Path,
     callbacks: Callbacks | None,
     accelerator: Accelerator | None,
 ) -> TrainResult:
-    """Build a task on the accelerator's device and train it with ``params``' loop knobs (LoopParams)."""
+    """Build a task on the accelerator's device and train it with ``params``' loop knobs."""
     accelerator = accelerator or make_accelerator()
     loop = LoopConfig.from_params(params, seed)
     return run_loop(task_for(accelerator.device), n_samples, params.lr, loop, checkpoints, accelerator, callbacks)
