@@ -22,7 +22,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import mlflow
-import torch
 import yaml
 
 from selftok import tracking
@@ -215,6 +214,8 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     fn = stage_function(spec.group)
     used = used_params(spec, params)
     ctx = StageContext(name=name, root=root, params=params, spec=spec)
+    import torch  # here, not at import: the flow and the CLI read stage specs without torch
+
     torch.manual_seed(params.seed)  # weight initialisation and anything else drawn from torch's global generator
     if os.environ.get("RANK", "0") != "0":  # accelerate/torchrun worker: rank 0 alone tracks and writes
         ctx.tracked = False

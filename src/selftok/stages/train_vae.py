@@ -34,7 +34,6 @@ def run(ctx: StageContext) -> Metrics:
     def on_eval(step: int) -> None:
         originals = val[: p.grid_images]
         ctx.log_image(image_grid([to_unit(originals), reconstruct(vae, originals)]), f"grids/step_{step:06d}.png")
-        vae.train()
 
     callbacks.on_eval = on_eval
     result = train_vae(vae, train, p, seed, checkpoints, callbacks if accelerator.is_main_process else None, accelerator)
