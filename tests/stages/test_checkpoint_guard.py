@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from selftok.stages.base import INPUTS_RECORD, StageSpec, guard_checkpoints, read_spec, resume_fingerprint
+import pytest
+
+from selftok.stages.base import INPUTS_RECORD, StageSpec, await_checkpoint_guard, guard_checkpoints, read_spec, resume_fingerprint
+from selftok.stages.train_tokenizer import HISTORY, history_logger
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = StageSpec("rl_finetune@selftok", [], [], ["models/vlm_rl", "checkpoints/rl"], persisted=["checkpoints/rl", "data/codes"])
@@ -54,3 +60,39 @@ def test_fingerprint_ignores_evaluation_knobs_but_not_training_ones() -> None:
     # a declared top-level key is a training input (RL samples with vlm.sampling)
     assert resume_fingerprint({**base, "vlm.sampling": {"cfg_scale": 1.0}}, {"data/codes": "1"}) != same
     assert resume_fingerprint(base, {"data/codes": "2"}) != same
+
+
+def test_a_worker_rank_waits_for_rank_0_to_settle_the_checkpoints(tmp_path: Path) -> None:
+    guard_checkpoints(tmp_path, SPEC, RUN_A)
+    _checkpoint(tmp_path)  # an interrupted run A; run B is launched on 2 processes
+    seen: list[list[str]] = []
+
+    def worker() -> None:
+        await_checkpoint_guard(tmp_path, SPEC, RUN_B, timeout=30)
+        seen.append(sorted(p.name for p in (tmp_path / "checkpoints/rl").iterdir()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive() and not seen  # rank 0 has not run its guard yet
+    guard_checkpoints(tmp_path, SPEC, RUN_B)
+    thread.join(timeout=10)
+    assert seen == [[INPUTS_RECORD]]  # the worker never saw run A's step_000010
+
+
+def test_a_worker_rank_resumes_at_once_when_inputs_are_unchanged_and_times_out_clearly(tmp_path: Path) -> None:
+    guard_checkpoints(tmp_path, SPEC, RUN_A)
+    await_checkpoint_guard(tmp_path, SPEC, RUN_A, timeout=0)
+    with pytest.raises(TimeoutError, match=r"rl_finetune@selftok: rank 0 did not record checkpoints/rl/inputs.json"):
+        await_checkpoint_guard(tmp_path, SPEC, RUN_B, timeout=0.3)
+
+
+def test_history_is_rewritten_on_the_tracking_rank_only(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints/tokenizer"
+    (checkpoints / "step_000010").mkdir(parents=True)
+    rows = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (5, 10, 15))  # 15: logged after the last checkpoint
+    (checkpoints / HISTORY).write_text(rows)
+    history_logger(SimpleNamespace(tracked=False), checkpoints, "train")  # type: ignore[arg-type]
+    assert (checkpoints / HISTORY).read_text() == rows
+    history_logger(SimpleNamespace(tracked=True), checkpoints, "train")  # type: ignore[arg-type]
+    assert [json.loads(line)["step"] for line in (checkpoints / HISTORY).read_text().splitlines()] == [5, 10]

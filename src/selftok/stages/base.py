@@ -149,7 +149,34 @@ def guard_checkpoints(root: Path, spec: StageSpec, fingerprint: Mapping[str, Any
                 folder.rename(stale)
                 log.warning("stage %s: %s was made from other inputs; moved to %s, starting fresh", spec.name, out, stale.name)
         folder.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+        partial = record.with_suffix(".partial")  # replaced in one step: other ranks poll this record
+        partial.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+        partial.replace(record)
+
+
+def await_checkpoint_guard(root: Path, spec: StageSpec, fingerprint: Mapping[str, Any], timeout: float = 600.0) -> None:
+    """On a worker rank: wait until rank 0 has run ``guard_checkpoints`` for this run.
+
+    Workers resume from the same folders as rank 0; one that read a checkpoint rank 0 was about
+    to set aside would continue the old run while rank 0 starts fresh. Rank 0 writes each
+    folder's record last, so a record equal to this run's fingerprint means the folder is settled.
+    """
+    deadline = time.monotonic() + timeout
+    for out in spec.persisted:
+        if not out.startswith(CHECKPOINTS_DIR):
+            continue
+        record = root / out / INPUTS_RECORD
+        while not _records(record, fingerprint):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stage {spec.name}: rank 0 did not record {out}/{INPUTS_RECORD} for this run within {timeout:.0f}s")
+            time.sleep(0.2)
+
+
+def _records(record: Path, fingerprint: Mapping[str, Any]) -> bool:
+    try:
+        return bool(json.loads(record.read_text()) == fingerprint)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
 
 
 def select(data: Mapping[str, Any], dotted: str) -> Any:
@@ -217,11 +244,13 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     import torch  # here, not at import: the flow and the CLI read stage specs without torch
 
     torch.manual_seed(params.seed)  # weight initialisation and anything else drawn from torch's global generator
+    hashes = tracking.input_hashes(input_paths(root, spec))
+    fingerprint = resume_fingerprint(used, hashes)
     if os.environ.get("RANK", "0") != "0":  # accelerate/torchrun worker: rank 0 alone tracks and writes
         ctx.tracked = False
+        await_checkpoint_guard(root, spec, fingerprint)
         return fn(ctx)
-    hashes = tracking.input_hashes(input_paths(root, spec))
-    guard_checkpoints(root, spec, resume_fingerprint(used, hashes))
+    guard_checkpoints(root, spec, fingerprint)
     out = root / spec.metrics_file
     out.unlink(missing_ok=True)  # a running or failed stage shows no numbers from an earlier run as its own
     system_metrics = name.startswith(("train", "pretrain", "rl"))

@@ -25,10 +25,11 @@ HISTORY = "history.jsonl"
 
 
 def history_logger(ctx: StageContext, checkpoints: Path, prefix: str) -> Callbacks:
-    """Log metrics to MLflow and append them to the history kept with the checkpoints."""
+    """Log metrics to MLflow and append them to the history kept with the checkpoints (on the
+    tracking rank only: workers of a multi-process launch must not rewrite rank 0's file)."""
     path = checkpoints / HISTORY
     resume_step = max((int(p.name.split("_")[1]) for p in checkpoints.glob("step_*")), default=0)
-    if path.is_file():  # drop rows past the checkpoint we resume from (they will be redone)
+    if ctx.tracked and path.is_file():  # drop rows past the checkpoint we resume from (they will be redone)
         rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
         path.write_text("".join(r + "\n" for r in rows))
 
