@@ -146,7 +146,10 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stage, rl = r["stage"]["rl"], r["rl"]
-        seed = str(r["seed"]) if stage["collapsed_at"] is None else f"{r['seed']} (guard: stopped at {stage['collapsed_at']}, kept {stage['steps']})"
+        selected = r["stage"].get("validation", {}).get("selected_step")
+        notes = [*([f"guard: stopped at {stage['collapsed_at']}"] if stage["collapsed_at"] is not None else []),
+                 *([f"best on validation: step {selected}"] if selected is not None else [])]
+        seed = f"{r['seed']} ({', '.join(notes)}, kept {stage['steps']})" if notes else str(r["seed"])
         kl = stage["kl_exact_last5"] if stage.get("kl_exact_last5") is not None else stage["kl_last5"]
         cells = [seed, f"{rl['overall']:.3f} ({r['gain']['overall'] * 100:+.1f})", *(f"{rl[c]:.3f}" for c in CATEGORIES),
                  f"{rl['diversity']['feature_spread']:.2f}", f"{rl['diversity']['distinct_codes']:.1%}",

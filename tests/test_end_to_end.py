@@ -114,7 +114,11 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
-    assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3
+    validation = result["stage"]["validation"]  # the smoke profile validates carry-over at steps 0, 2, 3 and keeps the best
+    assert validation["last_step"] == 3 and 0 <= validation["strict_first"] <= 1
+    assert validation["strict_best"] >= max(validation["strict_first"], validation["strict_last"])
+    kept = 3 if validation["selected_step"] is None else validation["selected_step"]
+    assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == kept in (0, 2, 3)
     assert result["stage"]["rl"]["ptx_loss_last5"] > 0  # the stage read the copied codes for its pretraining batches
     assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and result["rl"]["extra_objects"] >= 0
     assert result["rl"]["overall_strict"] <= result["rl"]["overall"]  # strict counts a subset of the correct images

@@ -19,6 +19,7 @@ from selftok.eval.geneval import (
     reward,
     sanity_metrics,
     scene_config,
+    split_groups,
     summarize,
     table,
     write_prompt_sets,
@@ -49,6 +50,24 @@ def test_prompt_sets_are_deterministic_disjoint_and_hold_out_pairs(scene_config:
     # both wordings of one request stay on one side
     mirror = make_prompt("position", ["square", "circle"], relation="right of")["prompt"]
     assert (make_prompt("position", ["circle", "square"], relation="left of")["prompt"] in train) == (mirror in train)
+
+
+def test_split_groups_sets_whole_requests_aside_in_every_category(scene_config: SceneConfig) -> None:
+    train = build_prompt_sets(scene_config, 0, GenevalParams())["train"]
+    kept, aside = split_groups(scene_config, train, 0.25, seed=0)
+    assert (kept, aside) == split_groups(scene_config, train, 0.25, seed=0)
+    assert sorted(map(json.dumps, kept + aside)) == sorted(map(json.dumps, train))
+    for tag in CATEGORIES:  # every category trains on some requests and validates on others
+        assert any(r["tag"] == tag for r in kept) and any(r["tag"] == tag for r in aside), tag
+    assert 0.15 < len(aside) / len(train) < 0.35
+    aside_prompts = {r["prompt"] for r in aside}
+    for record in train:  # the other wording of a set-aside request is set aside too
+        if record["tag"] == "two_objects":
+            a, b = (item["class"] for item in record["include"])
+            assert (record["prompt"] in aside_prompts) == (make_prompt("two_objects", [b, a])["prompt"] in aside_prompts)
+    assert split_groups(scene_config, train, 0.0, seed=0) == (train, [])
+    with pytest.raises(ValueError, match="'a photo of a hexagon' is not a prompt of this scene world"):
+        split_groups(scene_config, [{"tag": "single_object", "prompt": "a photo of a hexagon"}], 0.25, seed=0)
 
 
 def test_prompt_sets_are_written_as_jsonl(tmp_path: Path, scene_config: SceneConfig) -> None:

@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,52 @@ def test_pixel_spread_sees_near_copies_that_codes_and_features_do_not() -> None:
     apart = diversity(codes[4:], features[4:], varied * 2 - 1, 4)
     assert near["distinct_codes"] == apart["distinct_codes"] == 1.0 and near["feature_spread"] > 0
     assert near["pixel_spread"] < 0.01 < apart["pixel_spread"]
+
+
+def avoid_target(run: RLRun) -> Callable[[], dict[str, float]]:
+    """A carry-over check that RL on ``share_of_target`` makes worse: how rarely the policy uses code 3."""
+
+    def validate() -> dict[str, float]:
+        codes = generate_images(run.lm, run.tokenizer, [PROMPTS[0]["prompt"]], 64, 1.0, 1.0, 0, 7, 64)
+        share = float((codes != TARGET).float().mean())
+        return {"overall": share, "strict": share}
+
+    return validate
+
+
+def test_best_val_selection_keeps_the_weights_that_carried_over_best(tmp_path: Path) -> None:
+    run = tiny_run()
+    run.validate = avoid_target(run)
+    params = RLParams(steps=24, prompts_per_step=2, group_size=8, lr=3e-3, beta=0.0, checkpoint_every=4, val_fraction=0.2,
+                      val_every=8, select="best_val")
+    result = train_grpo(run, params, tmp_path / "ckpt")
+    steps = [h["step"] for h in result.validation]
+    assert steps == [0, 8, 16, 24]
+    strict = [h["strict"] for h in result.validation]
+    assert strict[-1] < strict[0] - 0.1  # training on the reward unlearnt the check
+    assert result.selected == result.steps == steps[strict.index(max(strict))] < 24
+    kept = load_file(str(tmp_path / "ckpt" / "validation" / f"step_{result.selected:07d}.safetensors"))
+    assert all(torch.equal(kept[name], value) for name, value in run.lm.state_dict().items())
+    assert avoid_target(run)()["strict"] == pytest.approx(max(strict))  # the policy it ends with scores as validated
+
+    last = tiny_run()
+    last.validate = avoid_target(last)
+    plain = train_grpo(last, params.model_copy(update={"select": "last"}), tmp_path / "last")
+    assert plain.selected is None and plain.steps == 24
+    assert avoid_target(last)()["strict"] == pytest.approx(strict[-1])  # same run, last weights kept
+
+
+def test_validation_history_survives_a_resume(tmp_path: Path) -> None:
+    params = RLParams(steps=8, prompts_per_step=2, group_size=4, lr=1e-3, checkpoint_every=4, val_fraction=0.2, val_every=4)
+    first = tiny_run()
+    first.validate = avoid_target(first)
+    train_grpo(first, params.model_copy(update={"steps": 6}), tmp_path / "ckpt")  # "killed" after step 6
+    resumed = tiny_run()
+    resumed.validate = avoid_target(resumed)
+    result = train_grpo(resumed, params, tmp_path / "ckpt")
+    assert result.resumed_from == 6 and [h["step"] for h in result.validation] == [0, 4, 6, 8]  # nothing validated twice
+
+
+def test_best_val_needs_prompts_to_validate_on() -> None:
+    with pytest.raises(ValueError, match="'best_val' needs val_fraction > 0"):
+        RLParams(select="best_val")

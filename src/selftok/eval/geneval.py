@@ -99,6 +99,30 @@ def build_prompt_sets(config: SceneConfig, seed: int, params: GenevalParams) -> 
     return sets
 
 
+def split_groups(config: SceneConfig, records: Sequence[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """``records`` split into (kept, set aside) by whole prompt groups, ``fraction`` of each
+    category's groups set aside (at least one where a category has two or more), as the
+    benchmark's split cuts them: a set-aside prompt's other wordings are set aside with it, so
+    scores on them measure carry-over to new requests, not to new word orders."""
+    if fraction <= 0:
+        return list(records), []
+    group_of = {r["prompt"]: (tag, i) for tag, groups in prompt_groups(config).items() for i, g in enumerate(groups) for r in g}
+    by_tag: dict[str, list[tuple[str, int]]] = {}
+    for record in records:
+        key = group_of.get(record["prompt"])
+        if key is None:
+            raise ValueError(f"prompt {record['prompt']!r} is not a prompt of this scene world")
+        if key not in by_tag.setdefault(record["tag"], []):
+            by_tag[record["tag"]].append(key)
+    aside: set[tuple[str, int]] = set()
+    for tag, keys in by_tag.items():
+        if len(keys) >= 2:
+            k = min(max(1, round(fraction * len(keys))), len(keys) - 1)
+            aside |= set(random.Random(f"{seed}/split/{tag}").sample(keys, k))
+    kept = [r for r in records if group_of[r["prompt"]] not in aside]
+    return kept, [r for r in records if group_of[r["prompt"]] in aside]
+
+
 def scene_config(params: Params) -> SceneConfig:
     """The scene world a params file describes (image size, object counts, categories, holdout)."""
     scenes = params.data.scenes

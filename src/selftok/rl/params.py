@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from selftok.schema import LRDecay, StrictModel
 
@@ -16,6 +16,7 @@ Positive = Annotated[int, Field(ge=1)]
 PromptMix = Literal["balanced", "uniform"]
 KLEstimator = Literal["k3", "exact"]
 PolicyKind = Literal["conditional", "guided"]
+Selection = Literal["last", "best_val"]
 
 
 class RLParams(StrictModel):
@@ -56,6 +57,21 @@ class RLParams(StrictModel):
     # the guard stops when, over guard_window steps, it exceeds max_frechet_ratio x that of the first window (0: off)
     max_frechet_ratio: float = Field(0.0, ge=0.0)
     realism_prompts: Positive = 8
+    # carry-over validation (selftok.rl.selection): val_fraction of each category's RL prompt groups are never
+    # trained on; every val_every steps the policy draws val_images images for each of them (at most val_prompts
+    # per category), scored strict. select: best_val keeps the best-scoring weights (the pretrained ones
+    # included), last the last (the guard may still roll back). val_fraction 0: off
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    val_prompts: Positive = 8
+    val_images: Positive = 16
+    val_every: Positive = 20
+    select: Selection = "last"
     checkpoint_every: Positive = 10
     log_every: Positive = 1
     sample_every: Positive = 20  # steps between logged sample grids
+
+    @model_validator(mode="after")
+    def _check(self) -> RLParams:
+        if self.select == "best_val" and self.val_fraction == 0:
+            raise ValueError("select 'best_val' needs val_fraction > 0 (prompts to validate on)")
+        return self

@@ -32,6 +32,7 @@ from selftok.rl.grpo import exact_kl, group_advantages, grpo_loss, k3_kl, token_
 from selftok.rl.guard import DiversityGuard
 from selftok.rl.params import KLEstimator, PolicyKind, PromptMix, RLParams
 from selftok.rl.realism import RealismPenalty
+from selftok.rl.selection import BestWeights, Validate
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, roll_back_to, save_checkpoint
 from selftok.tokenizer.train import lr_factor
 from selftok.vlm.generate import generate_images, sampling_logits
@@ -41,6 +42,7 @@ from selftok.vlm.train import VLMTask
 from selftok.vlm.vocab import VLMTokenizer
 
 log = logging.getLogger(__name__)
+VALIDATION = "validation"  # under the checkpoint folder: carry-over scores and the weights of each new best
 Record = dict[str, Any]
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -94,6 +96,8 @@ class RLResult:
     history: list[dict[str, float]] = field(default_factory=list)
     collapsed_at: int | None = None  # the step at which the diversity guard stopped the run
     collapse: str | None = None  # what the guard saw
+    validation: list[dict[str, Any]] = field(default_factory=list)  # carry-over scores by step (selftok.rl.selection)
+    selected: int | None = None  # set when rl.select: best_val kept an earlier step's weights than the run reached
 
 
 class Scored(NamedTuple):
@@ -137,6 +141,7 @@ class RLRun:
     seed: int
     ptx: Callable[[int], torch.Tensor] | None = None  # step -> the policy's pretraining loss (rl.ptx_coef > 0)
     real_features: torch.Tensor | None = None  # evaluator features of real renders of RL prompts (the realism check)
+    validate: Validate | None = None  # scores of the policy on prompts set aside from training (rl.val_fraction)
 
 
 def pretraining_loss(task: VLMTask, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
@@ -194,6 +199,19 @@ def train_grpo(
     if result.collapse:  # a run the guard stopped stays stopped, with the weights it kept
         log.warning("rl: %s was kept after a collapse at step %s (%s)", latest, result.collapsed_at, result.collapse)
         result.steps = end = start
+    best = BestWeights.open(checkpoints / VALIDATION, start) if run.validate is not None else None
+
+    def validate(step: int) -> None:
+        assert run.validate is not None and best is not None
+        lm.eval()
+        scores = run.validate()
+        best.add(step, scores, lm.state_dict())
+        if on_log:
+            on_log(step, {"val": scores})
+        log.info("rl: step %d, carry-over validation %s", step, " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+    if best is not None and not best.history:
+        validate(start)  # the pretrained policy (or the resumed one) is a candidate too
     for step in tqdm(range(start, end), initial=start, total=params.steps, desc="rl"):
         for group in optimizer.param_groups:
             group["lr"] = params.lr * lr_factor(step, params.steps, params.warmup_steps, params.lr_decay)
@@ -261,9 +279,18 @@ def train_grpo(
             log.warning("rl: collapse at step %d (%s); keeping step %d", step + 1, result.collapse, result.steps)
             roll_back_to(last_healthy, {"collapsed_at": result.collapsed_at, "collapse": result.collapse})  # a rerun stays stopped
             break
+        if best is not None and ((step + 1) % params.val_every == 0 or step + 1 == params.steps):
+            validate(step + 1)
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:
             save_checkpoint(checkpoints, step + 1, lm.state_dict(), optimizer,
                             {"seed": run.seed, "guard_references": guard.references}, keep)
+    if best is not None:
+        result.validation = best.history
+        chosen = best.best(at_most=result.steps)
+        if params.select == "best_val" and chosen is not None and chosen["step"] != result.steps:
+            lm.load_state_dict(best.load(chosen["step"]))
+            result.steps = result.selected = chosen["step"]
+            log.warning("rl: keeping step %d, the best on carry-over validation (%s %.3f)", chosen["step"], best.key, chosen[best.key])
     result.seconds = time.perf_counter() - started
     return result
 

@@ -8,7 +8,9 @@ held-out prompts are never used here. With ``rl.ptx_coef > 0`` each update also 
 pretraining loss on the arm's training codes (InstructGPT's PPO-ptx); with ``rl.realism_coef > 0``
 the reward loses a penalty for images far from real renders of RL prompts (selftok.rl.realism).
 The diversity guard (selftok.rl.guard) stops a run whose samples collapse or leave the data and
-keeps the checkpoint from before. The result is registered as a new version of the arm's VLM
+keeps the checkpoint from before. With ``rl.val_fraction > 0`` a share of RL's own prompt groups
+is never trained on and scores the policy as it trains; ``rl.select: best_val`` keeps the weights
+that scored best there (selftok.rl.selection). The result is registered as a new version of the arm's VLM
 model (`selftok-vlm` for Selftok); the `evaluate` stage scores it against the pretrained model on
 the held-out prompts with the same sampling recipe.
 """
@@ -24,15 +26,15 @@ from selftok import tracking
 from selftok.data.codes import load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.geneval import prompt_sets, real_renders
+from selftok.eval.geneval import prompt_sets, real_renders, scene_config, split_groups
 from selftok.rl.realism import RealismPenalty
-from selftok.rl.trainer import RLRun, evaluator_reward, pretraining_loss, train_grpo
+from selftok.rl.trainer import RLResult, RLRun, evaluator_reward, pretraining_loss, train_grpo
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
 from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
-from selftok.vlm.scores import per_category
+from selftok.vlm.scores import generation, per_category
 from selftok.vlm.train import VLMTask
 
 log = logging.getLogger(__name__)
@@ -60,14 +62,25 @@ def run(ctx: StageContext) -> Metrics:
         train = load_codes(ctx.root, "train", folder=arm.codes)
         task = VLMTask(vlm.lm, vlm.tokenizer, vlm.tokenizer.encode_text(train.captions), train.codes, ctx.params.vlm, vlm.lm.device)
         ptx = pretraining_loss(task, params.ptx_batch, seed)
-    prompts = prompt_sets(ctx.params)["train"]
+    # carry-over validation (selftok.rl.selection): prompt groups set aside from RL's own, split by the global seed
+    prompts, aside = split_groups(scene_config(ctx.params), prompt_sets(ctx.params)["train"], params.val_fraction, ctx.params.seed)
+    validate = None
+    if aside:
+        val_records = per_category(aside, params.val_prompts)
+        val_sampling = ctx.params.vlm.sampling.model_copy(update={"samples_per_prompt": params.val_images, "seed": seed})
+        log.info("rl: %d prompts to train on, %d set aside to validate carry-over", len(prompts), len(val_records))
+
+        def validate() -> dict[str, float]:
+            summary, _ = generation(vlm.lm, vlm.tokenizer, val_records, decode, evaluator, val_sampling)
+            return {"overall": summary["overall"], "strict": summary["overall_strict"]}
+
     # real renders of RL prompts through the tokenizer: how far samples stray from the data (logged; the guard's realism check)
     renders = real_renders(ctx.params, per_category(prompts, params.realism_prompts), params.group_size)
     real = evaluator.features(reference_images(tokenizer, decode, renders))
     realism = RealismPenalty(real, params.realism_coef) if params.realism_coef > 0 else None
     result = train_grpo(
         RLRun(vlm.lm, vlm.tokenizer, decode, evaluator_reward(evaluator, params.penalize_extra_objects, realism),
-              evaluator.features, prompts, ctx.params.vlm.sampling, seed, ptx, real),
+              evaluator.features, prompts, ctx.params.vlm.sampling, seed, ptx, real, validate),
         params,
         ctx.path(arm.rl_checkpoints),
         on_log=lambda step, logs: ctx.log_metrics({"rl": logs}, step),
@@ -76,6 +89,8 @@ def run(ctx: StageContext) -> Metrics:
     ctx.log_metrics({"rl_seconds": result.seconds})
     if result.collapse:
         ctx.set_tag("rl.collapse", f"step {result.collapsed_at}: {result.collapse}; kept step {result.steps}")
+    if result.selected is not None:
+        ctx.set_tag("rl.selected", f"step {result.selected}: best on carry-over validation")
     vlm.lm.eval()
     vlm.save_pretrained(ctx.path(arm.vlm_rl))
     tracking.log_model_dir(ctx.path(arm.vlm_rl), arm.registered_vlm)
@@ -107,4 +122,14 @@ def run(ctx: StageContext) -> Metrics:
                if realism is not None else {}),
             **({"ptx_loss_last5": mean(last, "ptx_loss")} if ptx is not None else {}),
         },
+        **({"validation": validation_summary(result)} if result.validation else {}),
     }
+
+
+def validation_summary(result: RLResult) -> dict[str, float | int | None]:
+    """Carry-over scores: of the pretrained policy, the last validated step, and the best, with its step."""
+    first, last = result.validation[0], result.validation[-1]
+    best = max(result.validation, key=lambda h: (h["strict"], -h["step"]))
+    return {"strict_first": first["strict"], "strict_last": last["strict"], "last_step": last["step"],
+            "strict_best": best["strict"], "best_step": best["step"], "selected_step": result.selected,
+            "overall_first": first["overall"], "overall_last": last["overall"]}

@@ -1,0 +1,74 @@
+"""Carry-over validation: choose RL's weights by prompts the policy never trains on.
+
+RL learns the prompts it trains on and can unlearn others: on shape-carrying tokens it drew its
+own single-object shapes for held-out ones (docs/rl_finetune.md, twelfth session). The reward on
+training prompts cannot show that. So the stage sets a share of RL's own prompt groups aside
+(``geneval.split_groups``), scores the policy on them every ``rl.val_every`` steps, and with
+``rl.select: best_val`` keeps the weights that scored best, the pretrained ones (step 0)
+included. The benchmark's held-out prompts stay unseen: they judge the choice, not make it.
+
+Only records are kept on disk: weights whose score beats every earlier one. The best weights at
+or before any step are then the newest record up to it, which is what the diversity guard needs
+when it rolls a run back to an earlier step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+Validate = Callable[[], dict[str, float]]  # scores of the current policy: at least "strict"
+HISTORY = "history.json"
+
+
+@dataclass
+class BestWeights:
+    """Validation scores by step, and the weights of each new best (``folder/step_NNNNNNN.safetensors``)."""
+
+    folder: Path
+    key: str = "strict"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, folder: Path, resumed_at: int) -> BestWeights:
+        """The records of an earlier process, without those past the step a resume restarts from."""
+        path = folder / HISTORY
+        history = [h for h in json.loads(path.read_text()) if h["step"] <= resumed_at] if path.is_file() else []
+        for weights in folder.glob("step_*.safetensors"):
+            if _step(weights) > resumed_at:
+                weights.unlink()
+        return cls(folder, history=history)
+
+    def add(self, step: int, scores: dict[str, float], state: dict[str, torch.Tensor]) -> bool:
+        """Record ``scores`` at ``step``; keep ``state`` if they beat every earlier score. True if they did."""
+        best = self.best()
+        record = best is None or scores[self.key] > best[self.key]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if record:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(self._weights(step)))
+        self.history.append({"step": step, **scores, "record": record})
+        scratch = self.folder / f"{HISTORY}.tmp"
+        scratch.write_text(json.dumps(self.history, indent=1))
+        scratch.replace(self.folder / HISTORY)  # after the weights: a record in the history always has them
+        return record
+
+    def best(self, at_most: int | None = None) -> dict[str, Any] | None:
+        """The best-scoring entry at or before ``at_most`` (the earliest of equal scores), or None."""
+        records = [h for h in self.history if h["record"] and (at_most is None or h["step"] <= at_most)]
+        return records[-1] if records else None
+
+    def load(self, step: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self._weights(step)))
+
+    def _weights(self, step: int) -> Path:
+        return self.folder / f"step_{step:07d}.safetensors"
+
+
+def _step(path: Path) -> int:
+    return int(path.stem.removeprefix("step_"))
