@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from selftok.config import PARAMS_FILE, ConfigError, Params, merged, parse_overrides, parse_params, read_params
 from selftok.data.scenes import CATEGORIES
@@ -51,6 +52,7 @@ from selftok.stages.evaluate import (
 )
 from selftok.stages.pretrain_vlm import heldout_records
 from selftok.stages.rl_finetune import EVALUATOR
+from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.tracking import file_hash
 from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
@@ -118,6 +120,19 @@ def workdir(root: Path, work: Path, raw: dict[str, Any], arm: Arm) -> None:
     (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def last_weights(work: Path, arm: Arm) -> Path:
+    """The RL model with the weights of the run's last checkpoint (where ``rl.select: best_val`` kept an
+    earlier step's), saved beside it, so the selection can be judged on the benchmark."""
+    checkpoint = latest_checkpoint(work / arm.rl_checkpoints)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{work / arm.rl_checkpoints}: no checkpoint")
+    vlm = SelftokVLM.from_pretrained(work / arm.vlm_rl)
+    vlm.lm.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    target = work / f"{arm.vlm_rl}_{checkpoint.name}"
+    vlm.save_pretrained(target)
+    return target
+
+
 def _or_dash(value: float | None, spec: str) -> str:
     """A number, or "-" for one scored before it was measured."""
     return "-" if value is None else format(value, spec)
@@ -142,7 +157,7 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
             f"{_or_dash(ceiling.get('overall_strict'), '.3f')})",
             f"strict on RL prompts (pretrained {_or_dash(train.get('overall_strict'), '.3f')}; data "
             f"{_or_dash(train.get('data_ceiling', {}).get('overall_strict'), '.3f')})",
-            "Frechet to real", "train reward first → last 5", "KL last 5"]
+            "Frechet to real", "train reward first → last 5", "KL last 5", "last weights overall / strict (if not kept)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stage, rl = r["stage"]["rl"], r["rl"]
@@ -156,7 +171,8 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
                  _or_dash(rl["diversity"].get("pixel_spread"), ".3f"), _or_dash(rl.get("extra_objects"), ".2f"),
                  _or_dash(rl.get("overall_strict"), ".3f"), _or_dash(r.get("rl_train_prompts", {}).get("overall_strict"), ".3f"),
                  _or_dash(rl.get("frechet_to_real"), ".1f"),
-                 f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}"]
+                 f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}",
+                 f"{r['rl_last']['overall']:.3f} / {r['rl_last']['overall_strict']:.3f}" if "rl_last" in r else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -235,6 +251,8 @@ def main() -> None:
         gain_train = {k: rl_train[k] - baseline["train"][k] for k in ("overall", "overall_strict")}
         result = {"name": args.name, "seed": seed, "sets": args.set, "rl_seconds": rl_seconds, "gain": gain,
                   "gain_train_prompts": gain_train, "rl": rl, "rl_train_prompts": rl_train, "pretrained": baseline, "stage": stage}
+        if stage.get("validation", {}).get("selected_step") is not None:  # what the selection passed over
+            result["rl_last"] = bench.score(last_weights(work, arm))
         (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         print(f"seed {seed}: overall {baseline['overall']:.3f} -> {rl['overall']:.3f} ({gain['overall'] * 100:+.1f} points), "
               f"spread {rl['diversity']['feature_spread']:.2f}, {rl_seconds:.0f} s")
