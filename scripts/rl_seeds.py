@@ -134,7 +134,7 @@ def last_weights(work: Path, arm: Arm) -> Path:
 
 
 def _or_dash(value: float | None, spec: str) -> str:
-    """A number, or "-" for one scored before it was measured."""
+    """A number, or "-" for one not measured (scored before it was, or no steps kept)."""
     return "-" if value is None else format(value, spec)
 
 
@@ -171,7 +171,7 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
                  _or_dash(rl["diversity"].get("pixel_spread"), ".3f"), _or_dash(rl.get("extra_objects"), ".2f"),
                  _or_dash(rl.get("overall_strict"), ".3f"), _or_dash(r.get("rl_train_prompts", {}).get("overall_strict"), ".3f"),
                  _or_dash(rl.get("frechet_to_real"), ".1f"),
-                 f"{stage['reward_first5']:.2f} → {stage['reward_last5']:.2f}", f"{kl:.1f}",
+                 f"{_or_dash(stage['reward_first5'], '.2f')} → {_or_dash(stage['reward_last5'], '.2f')}", _or_dash(kl, ".1f"),
                  f"{r['rl_last']['overall']:.3f} / {r['rl_last']['overall_strict']:.3f}" if "rl_last" in r else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

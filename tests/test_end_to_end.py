@@ -114,11 +114,14 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
-    validation = result["stage"]["validation"]  # the smoke profile validates carry-over at steps 0, 2, 3 and keeps the best
-    assert validation["last_step"] == 3 and 0 <= validation["strict_first"] <= 1
-    assert validation["strict_best"] >= max(validation["strict_first"], validation["strict_last"])
-    kept = 3 if validation["selected_step"] is None else validation["selected_step"]
-    assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == kept in (0, 2, 3)
+    scores = json.loads((out / "g2" / "seed_1" / "checkpoints" / "rl" / "validation" / "history.json").read_text())
+    assert [h["step"] for h in scores] == [0, 2, 3]  # the smoke profile validates carry-over every 2 steps and at the end
+    best = next(h for h in scores if h["strict"] == max(s["strict"] for s in scores))  # best_val: the earliest of the best
+    validation = result["stage"]["validation"]
+    assert (validation["best_step"], validation["strict_best"]) == (best["step"], best["strict"])
+    assert validation["selected_step"] == (None if best["step"] == 3 else best["step"])
+    assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == best["step"]
+    assert ("rl_last" in result) == (best["step"] != 3)  # the weights selection passed over are scored too
     assert result["stage"]["rl"]["ptx_loss_last5"] > 0  # the stage read the copied codes for its pretraining batches
     assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and result["rl"]["extra_objects"] >= 0
     assert result["rl"]["overall_strict"] <= result["rl"]["overall"]  # strict counts a subset of the correct images

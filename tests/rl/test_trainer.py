@@ -252,15 +252,51 @@ def test_best_val_selection_keeps_the_weights_that_carried_over_best(tmp_path: P
     assert avoid_target(last)()["strict"] == pytest.approx(strict[-1])  # same run, last weights kept
 
 
-def test_validation_history_survives_a_resume(tmp_path: Path) -> None:
-    params = RLParams(steps=8, prompts_per_step=2, group_size=4, lr=1e-3, checkpoint_every=4, val_fraction=0.2, val_every=4)
-    first = tiny_run()
-    first.validate = avoid_target(first)
-    train_grpo(first, params.model_copy(update={"steps": 6}), tmp_path / "ckpt")  # "killed" after step 6
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_validation_and_selection(tmp_path: Path) -> None:
+    params = RLParams(steps=8, prompts_per_step=2, group_size=4, lr=3e-3, beta=0.0, checkpoint_every=4, val_fraction=0.2,
+                      val_every=2, select="best_val")
+
+    def kill_at_7(step: int, logs: dict) -> None:
+        if step == 7 and "val" not in logs:  # after step 6 was validated, before any checkpoint past 4
+            raise Killed
+
+    killed = tiny_run()
+    killed.validate = avoid_target(killed)
+    with pytest.raises(Killed):
+        train_grpo(killed, params, tmp_path / "ckpt", on_log=kill_at_7)
     resumed = tiny_run()
     resumed.validate = avoid_target(resumed)
-    result = train_grpo(resumed, params, tmp_path / "ckpt")
-    assert result.resumed_from == 6 and [h["step"] for h in result.validation] == [0, 4, 6, 8]  # nothing validated twice
+    result = train_grpo(resumed, params, tmp_path / "ckpt")  # from step 4: the validation of step 6 is redone
+    straight = tiny_run()
+    straight.validate = avoid_target(straight)
+    reference = train_grpo(straight, params, tmp_path / "straight")
+    assert result.resumed_from == 4 and [h["step"] for h in result.validation] == [0, 2, 4, 6, 8]
+    assert [h["step"] for h in reference.validation] == [0, 2, 4, 6, 8]
+    for a, b in zip(result.validation, reference.validation, strict=True):
+        assert a["record"] == b["record"] and a["strict"] == pytest.approx(b["strict"])
+    assert (result.steps, result.selected) == (reference.steps, reference.selected)
+    for a, b in zip(straight.lm.parameters(), resumed.lm.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_guard_roll_back_discards_later_scores_and_validates_the_weights_it_keeps(tmp_path: Path) -> None:
+    run = tiny_run()
+    run.validate = avoid_target(run)
+    params = RLParams(steps=80, prompts_per_step=2, group_size=8, lr=2e-2, beta=0.0, checkpoint_every=4, min_distinct=0.9,
+                      guard_window=3, val_fraction=0.2, val_every=6, select="best_val")
+    result = train_grpo(run, params, tmp_path / "ckpt")
+    assert result.collapsed_at is not None
+    kept = result.collapsed_at - 3 - (result.collapsed_at - 3) % 4  # the guard's checkpoint
+    steps = [h["step"] for h in result.validation]
+    assert max(steps) == kept and kept in steps  # nothing scored past the weights kept, and those were scored
+    on_disk = json.loads((tmp_path / "ckpt" / "validation" / "history.json").read_text())
+    assert [h["step"] for h in on_disk] == steps
+    assert all(int(p.stem[5:]) <= kept for p in (tmp_path / "ckpt" / "validation").glob("step_*.safetensors"))
+    assert result.steps == (result.selected if result.selected is not None else kept)
 
 
 def test_best_val_needs_prompts_to_validate_on() -> None:

@@ -39,11 +39,21 @@ class BestWeights:
     def open(cls, folder: Path, resumed_at: int) -> BestWeights:
         """The records of an earlier process, without those past the step a resume restarts from."""
         path = folder / HISTORY
-        history = [h for h in json.loads(path.read_text()) if h["step"] <= resumed_at] if path.is_file() else []
-        for weights in folder.glob("step_*.safetensors"):
-            if _step(weights) > resumed_at:
+        best = cls(folder, history=json.loads(path.read_text()) if path.is_file() else [])
+        best.truncate(resumed_at)
+        return best
+
+    def truncate(self, step: int) -> None:
+        """Forget the scores and weights past ``step`` (a resume redoes them; a guard roll-back discards them)."""
+        self.history = [h for h in self.history if h["step"] <= step]
+        for weights in self.folder.glob("step_*.safetensors"):
+            if _step(weights) > step:
                 weights.unlink()
-        return cls(folder, history=history)
+        if self.folder.is_dir():
+            self._write()
+
+    def validated(self, step: int) -> bool:
+        return any(h["step"] == step for h in self.history)
 
     def add(self, step: int, scores: dict[str, float], state: dict[str, torch.Tensor]) -> bool:
         """Record ``scores`` at ``step``; keep ``state`` if they beat every earlier score. True if they did."""
@@ -53,18 +63,22 @@ class BestWeights:
         if record:
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(self._weights(step)))
         self.history.append({"step": step, **scores, "record": record})
-        scratch = self.folder / f"{HISTORY}.tmp"
-        scratch.write_text(json.dumps(self.history, indent=1))
-        scratch.replace(self.folder / HISTORY)  # after the weights: a record in the history always has them
+        self._write()  # after the weights: a record in the history always has them
         return record
 
     def best(self, at_most: int | None = None) -> dict[str, Any] | None:
-        """The best-scoring entry at or before ``at_most`` (the earliest of equal scores), or None."""
+        """The best-scoring entry at or before ``at_most``, or None. Only a score above every earlier
+        one makes a record, so of equal scores the earliest is chosen."""
         records = [h for h in self.history if h["record"] and (at_most is None or h["step"] <= at_most)]
         return records[-1] if records else None
 
     def load(self, step: int) -> dict[str, torch.Tensor]:
         return load_file(str(self._weights(step)))
+
+    def _write(self) -> None:
+        scratch = self.folder / f"{HISTORY}.tmp"
+        scratch.write_text(json.dumps(self.history, indent=1))
+        scratch.replace(self.folder / HISTORY)
 
     def _weights(self, step: int) -> Path:
         return self.folder / f"step_{step:07d}.safetensors"

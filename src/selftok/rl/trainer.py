@@ -210,8 +210,8 @@ def train_grpo(
             on_log(step, {"val": scores})
         log.info("rl: step %d, carry-over validation %s", step, " ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
-    if best is not None and not best.history:
-        validate(start)  # the pretrained policy (or the resumed one) is a candidate too
+    if best is not None and not best.history:  # a fresh run: the pretrained policy is a candidate too
+        validate(start)
     for step in tqdm(range(start, end), initial=start, total=params.steps, desc="rl"):
         for group in optimizer.param_groups:
             group["lr"] = params.lr * lr_factor(step, params.steps, params.warmup_steps, params.lr_decay)
@@ -278,6 +278,10 @@ def train_grpo(
             result.collapsed_at = step + 1
             log.warning("rl: collapse at step %d (%s); keeping step %d", step + 1, result.collapse, result.steps)
             roll_back_to(last_healthy, {"collapsed_at": result.collapsed_at, "collapse": result.collapse})  # a rerun stays stopped
+            if best is not None:  # scores of the discarded steps go; the weights kept are a candidate
+                best.truncate(result.steps)
+                if not best.validated(result.steps):
+                    validate(result.steps)
             break
         if best is not None and ((step + 1) % params.val_every == 0 or step + 1 == params.steps):
             validate(step + 1)

@@ -65,6 +65,8 @@ def run(ctx: StageContext) -> Metrics:
     # carry-over validation (selftok.rl.selection): prompt groups set aside from RL's own, split by the global seed
     prompts, aside = split_groups(scene_config(ctx.params), prompt_sets(ctx.params)["train"], params.val_fraction, ctx.params.seed)
     validate = None
+    if params.val_fraction > 0 and not aside:
+        raise ValueError(f"rl.val_fraction {params.val_fraction}: no category has two prompt groups to train on one and validate on another")
     if aside:
         val_records = per_category(aside, params.val_prompts)
         val_sampling = ctx.params.vlm.sampling.model_copy(update={"samples_per_prompt": params.val_images, "seed": seed})
@@ -94,7 +96,7 @@ def run(ctx: StageContext) -> Metrics:
     vlm.lm.eval()
     vlm.save_pretrained(ctx.path(arm.vlm_rl))
     tracking.log_model_dir(ctx.path(arm.vlm_rl), arm.registered_vlm)
-    kept = result.history[: result.steps - result.resumed_from]  # up to the weights kept (the guard may roll back)
+    kept = result.history[: max(0, result.steps - result.resumed_from)]  # up to the weights kept (guard or selection)
     first, last = result.history[:5], kept[-5:]
 
     def mean(rows: list[dict[str, float]], key: str) -> float | None:
@@ -127,9 +129,10 @@ def run(ctx: StageContext) -> Metrics:
 
 
 def validation_summary(result: RLResult) -> dict[str, float | int | None]:
-    """Carry-over scores: of the pretrained policy, the last validated step, and the best, with its step."""
+    """Carry-over scores: of the pretrained policy, the last validated step, and the best (the earliest
+    of equal scores, as ``rl.select: best_val`` chooses), with its step."""
     first, last = result.validation[0], result.validation[-1]
-    best = max(result.validation, key=lambda h: (h["strict"], -h["step"]))
+    best = [h for h in result.validation if h["record"]][-1]
     return {"strict_first": first["strict"], "strict_last": last["strict"], "last_step": last["step"],
             "strict_best": best["strict"], "best_step": best["step"], "selected_step": result.selected,
             "overall_first": first["overall"], "overall_last": last["overall"]}
