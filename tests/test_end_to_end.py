@@ -2,12 +2,15 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from selftok import tracking
 from selftok.data.scenes import CATEGORIES
@@ -101,6 +104,32 @@ def test_runs_nest_and_registry_has_aliases(smoke) -> None:
     assert tracking.alias_version("selftok-vlm", "challenger") == tracking.alias_version("selftok-vlm", "champion")
 
 
+def test_rl_keeps_the_weights_that_carried_over_best(smoke) -> None:
+    """The smoke profile's RL validates on prompt groups it never trains on (steps 0, 2, 3) and keeps the best."""
+    project, _, _ = smoke
+    scores = json.loads((project / "checkpoints" / "rl" / "validation" / "history.json").read_text())
+    assert [h["step"] for h in scores] == [0, 2, 3]
+    best = next(h for h in scores if h["strict"] == max(s["strict"] for s in scores))  # the earliest of the best
+    metrics = json.loads((project / "metrics" / "rl_finetune.json").read_text())
+    validation = metrics["validation"]
+    assert (validation["best_step"], validation["strict_best"]) == (best["step"], best["strict"])
+    assert validation["selected_step"] == (None if best["step"] == 3 else best["step"])
+    assert metrics["rl"]["steps"] == best["step"]
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from rl_seeds import last_weights  # what the seed study scores when the selection passed the last weights over
+
+    from selftok.stages.arms import SELFTOK
+    from selftok.vlm.model import SelftokVLM
+
+    folder = last_weights(project, SELFTOK)
+    assert folder.name == "vlm_rl_step_0000003"
+    last = load_file(str(project / "checkpoints" / "rl" / "step_0000003" / "model.safetensors"))
+    lm = SelftokVLM.from_pretrained(folder).lm
+    assert all(torch.equal(value, last[name]) for name, value in lm.state_dict().items())
+    shutil.rmtree(folder)
+
+
 def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_path: Path) -> None:
     """scripts/rl_seeds.py: the real RL stage per seed in its own folder, scored like the evaluate stage, each seed once."""
     project, _, _ = smoke
@@ -110,18 +139,13 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     assert bad.returncode != 0 and "rl.group_size" in bad.stderr and not out.exists()  # refused before any work
 
     rl_model = tracking.file_hash(project / "models" / "vlm_rl")
-    options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true"]
+    # select=last: the statistics of the steps run are defined (best_val keeps step 0 on ties, as smoke RL has)
+    options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true", "--set", "rl.select=last"]
     subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
-    scores = json.loads((out / "g2" / "seed_1" / "checkpoints" / "rl" / "validation" / "history.json").read_text())
-    assert [h["step"] for h in scores] == [0, 2, 3]  # the smoke profile validates carry-over every 2 steps and at the end
-    best = next(h for h in scores if h["strict"] == max(s["strict"] for s in scores))  # best_val: the earliest of the best
-    validation = result["stage"]["validation"]
-    assert (validation["best_step"], validation["strict_best"]) == (best["step"], best["strict"])
-    assert validation["selected_step"] == (None if best["step"] == 3 else best["step"])
-    assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == best["step"]
-    assert ("rl_last" in result) == (best["step"] != 3)  # the weights selection passed over are scored too
+    assert result["stage"]["validation"]["last_step"] == 3 and result["stage"]["validation"]["selected_step"] is None
+    assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3 and "rl_last" not in result
     assert result["stage"]["rl"]["ptx_loss_last5"] > 0  # the stage read the copied codes for its pretraining batches
     assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and result["rl"]["extra_objects"] >= 0
     assert result["rl"]["overall_strict"] <= result["rl"]["overall"]  # strict counts a subset of the correct images
