@@ -166,13 +166,13 @@ def await_checkpoint_guard(root: Path, spec: StageSpec, fingerprint: Mapping[str
         if not out.startswith(CHECKPOINTS_DIR):
             continue
         record = root / out / INPUTS_RECORD
-        while not _records(record, fingerprint):
+        while not _recorded(record, fingerprint):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"stage {spec.name}: rank 0 did not record {out}/{INPUTS_RECORD} for this run within {timeout:.0f}s")
             time.sleep(0.2)
 
 
-def _records(record: Path, fingerprint: Mapping[str, Any]) -> bool:
+def _recorded(record: Path, fingerprint: Mapping[str, Any]) -> bool:
     try:
         return bool(json.loads(record.read_text()) == fingerprint)
     except (FileNotFoundError, json.JSONDecodeError):
