@@ -67,10 +67,7 @@ class BestWeights:
         return record
 
     def best(self, at_most: int | None = None) -> dict[str, Any] | None:
-        """The best-scoring entry at or before ``at_most``, or None. Only a score above every earlier
-        one makes a record, so of equal scores the earliest is chosen."""
-        records = [h for h in self.history if h["record"] and (at_most is None or h["step"] <= at_most)]
-        return records[-1] if records else None
+        return best_entry(self.history, at_most)
 
     def load(self, step: int) -> dict[str, torch.Tensor]:
         return load_file(str(self._weights(step)))
@@ -82,6 +79,13 @@ class BestWeights:
 
     def _weights(self, step: int) -> Path:
         return self.folder / f"step_{step:07d}.safetensors"
+
+
+def best_entry(history: list[dict[str, Any]], at_most: int | None = None) -> dict[str, Any] | None:
+    """The best-scoring entry of a validation history at or before ``at_most``, or None. Only a
+    score above every earlier one makes a record, so of equal scores the earliest is chosen."""
+    records = [h for h in history if h["record"] and (at_most is None or h["step"] <= at_most)]
+    return records[-1] if records else None
 
 
 def _step(path: Path) -> int:

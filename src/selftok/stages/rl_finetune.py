@@ -28,6 +28,7 @@ from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import prompt_sets, real_renders, scene_config, split_groups
 from selftok.rl.realism import RealismPenalty
+from selftok.rl.selection import best_entry
 from selftok.rl.trainer import RLResult, RLRun, evaluator_reward, pretraining_loss, train_grpo
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
@@ -129,10 +130,10 @@ def run(ctx: StageContext) -> Metrics:
 
 
 def validation_summary(result: RLResult) -> dict[str, float | int | None]:
-    """Carry-over scores: of the pretrained policy, the last validated step, and the best (the earliest
-    of equal scores, as ``rl.select: best_val`` chooses), with its step."""
-    first, last = result.validation[0], result.validation[-1]
-    best = [h for h in result.validation if h["record"]][-1]
+    """Carry-over scores: of the pretrained policy, the last validated step, and the best (as
+    ``rl.select: best_val`` chooses it), with its step."""
+    first, last, best = result.validation[0], result.validation[-1], best_entry(result.validation)
+    assert best is not None  # the first validation is always a record
     return {"strict_first": first["strict"], "strict_last": last["strict"], "last_step": last["step"],
             "strict_best": best["strict"], "best_step": best["step"], "selected_step": result.selected,
             "overall_first": first["overall"], "overall_last": last["overall"]}
