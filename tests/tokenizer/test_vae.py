@@ -9,14 +9,14 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 from pydantic import ValidationError
-from tokenizer_helpers import TINY, color_images
+from tokenizer_helpers import TINY, color_images, tiny_params
 
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.params import VaeParams
 from selftok.tokenizer.space import VaeSpace
-from selftok.tokenizer.train import Callbacks
+from selftok.tokenizer.train import Callbacks, train_tokenizer
 from selftok.tokenizer.vae import build_vae, fit_latent_scaling, latent_modes, reconstruct, train_vae
 
 
@@ -97,3 +97,29 @@ def test_a_tokenizer_reads_the_trained_latents(tmp_path: Path) -> None:
     assert codes.shape == (4, TINY["num_tokens"]) and model.decode(codes, steps=2).shape == (4, 3, 8, 8)
     pinned = SelftokTokenizer(dataclasses.replace(config, vae_shift=0.0, vae_scale=2.0))
     assert (pinned.space.shift, pinned.space.scale) == (0.0, 2.0)
+
+
+def test_cached_latents_train_as_encoding_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    vae = build_vae(tiny_vae_params(), 8)
+    fit_latent_scaling(vae, color_images(64))
+    vae.save_pretrained(tmp_path / "vae")
+    images = color_images(64, seed=1)
+    calls: list[int] = []
+    encode = VaeSpace.encode
+    monkeypatch.setattr(VaeSpace, "encode", lambda self, x: calls.append(len(x)) or encode(self, x))
+
+    def trained(cache: bool) -> SelftokTokenizer:
+        calls.clear()
+        params = tiny_params(input_space="vae", vae_path=str(tmp_path / "vae"), encoder_patch=1, decoder_patch=1, cache_latents=cache)
+        torch.manual_seed(0)
+        model = SelftokTokenizer(params.architecture(8))
+        train_tokenizer(model, images, params, seed=0, checkpoints=tmp_path / f"ckpt_{cache}")
+        return model
+
+    cached = trained(True)
+    assert calls == [64]  # the whole train set once, before the first step
+    encoded = trained(False)
+    assert calls == [16] * 4  # each step's batch, once
+    for (name, a), b in zip(cached.state_dict().items(), encoded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)

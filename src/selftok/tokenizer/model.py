@@ -126,15 +126,15 @@ class SelftokTokenizer(nn.Module):
 
     def forward(
         self,
-        images: torch.Tensor,
+        x0: torch.Tensor,
         noise: torch.Tensor,
         t: torch.Tensor,
         limit: torch.Tensor,
         with_entropy: bool = False,
         edge_weight: float = 0.0,
     ) -> StepOutput:
-        """Training forward: encode, quantise, noise to x_t, decode with the schedule's mask."""
-        x0 = self.space.encode(images)
+        """Training forward on inputs already in the model's space (``self.space.encode(images)``, which
+        the loop may cache): encode, quantise, noise to x_t, decode with the schedule's mask."""
         quant = self.quantizer(self.encoder(x0))
         tt = t.view(-1, 1, 1, 1)
         x_t = tt * noise + (1 - tt) * x0

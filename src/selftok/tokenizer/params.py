@@ -68,6 +68,7 @@ class TokenizerParams(SizeOverrides, LoopParams):
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
     code_norm: CodeNormKind = "batch"  # see selftok.tokenizer.quantizer.Quantizer.project
+    cache_latents: bool = True  # vae space: encode the train set once (float32 in RAM) instead of every step
 
     image_lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # image stream lr = lr * this (paper ~0.2)
     pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder

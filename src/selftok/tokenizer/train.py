@@ -29,6 +29,7 @@ from selftok.tokenizer.model import SelftokTokenizer, StepOutput, own_state
 from selftok.tokenizer.params import LoopParams, RendererParams, TokenizerParams
 from selftok.tokenizer.renderer import Renderer
 from selftok.tokenizer.schedule import sample_limits
+from selftok.tokenizer.space import PixelSpace
 
 LogFn = Callable[[int, dict[str, float]], None]
 EvalFn = Callable[[int], None]
@@ -200,6 +201,14 @@ class TokenizerTask:
         self.images = images  # uint8 [N, 3, H, W], kept on CPU
         self.params = params
         self.device = device
+        cache = params.cache_latents and not isinstance(model.space, PixelSpace)  # pixels: encoding is free
+        self.latents = map_images(model.space.encode, images, device, desc="caching latents") if cache else None
+
+    def inputs(self, index: torch.Tensor) -> torch.Tensor:
+        """The batch in the model's input space: cached latents, or the images encoded now."""
+        if self.latents is not None:
+            return self.latents[index].to(self.device)
+        return self.module.space.encode(to_unit(self.images[index]).to(self.device))
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Encoder, quantiser projection and token stream at lr; the image stream at lr * image_lr_scale."""
@@ -214,11 +223,11 @@ class TokenizerTask:
     def loss(self, wrapped: nn.Module, index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Any]:
         p, model = self.params, self.module
         k = model.config.num_tokens
-        x = to_unit(self.images[index]).to(self.device)
+        x = self.inputs(index)
         b = x.shape[0]
         if not bool(model.quantizer.initialized):
             with torch.no_grad():
-                z = model.quantizer.project(model.encoder(model.space.encode(x)), batch_stats=True)
+                z = model.quantizer.project(model.encoder(x), batch_stats=True)
             model.quantizer.initialize(z, generator=generator)
         t = torch.rand(b, generator=generator)
         pure = torch.rand(b, generator=generator) < p.pure_noise_fraction
@@ -298,11 +307,18 @@ class RendererTask:
 
 
 @torch.no_grad()
-def encode_all(model: SelftokTokenizer, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def map_images(
+    fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, device: torch.device, batch: int = 256, desc: str = ""
+) -> torch.Tensor:
+    """``fn`` over uint8 images [N, 3, H, W] in batches (as [-1, 1] floats on ``device``), gathered on the CPU."""
+    starts = tqdm(range(0, len(images), batch), desc=desc, disable=not desc, dynamic_ncols=True, leave=False)
+    return torch.cat([fn(to_unit(images[i : i + batch]).to(device)).cpu() for i in starts])
+
+
+def encode_all(model: SelftokTokenizer, images: torch.Tensor) -> torch.Tensor:
     """Codes [N, K] of uint8 images, in eval mode."""
     model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model.encode(to_unit(images[i : i + batch]).to(device)).cpu() for i in range(0, len(images), batch)])
+    return map_images(model.encode, images, next(model.parameters()).device, desc="encoding codes")
 
 
 def train_renderer(
