@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -143,6 +144,13 @@ def _points(gain: dict[str, float], key: str) -> float | None:
     return gain[key] * 100 if key in gain else None
 
 
+def _gain_cell(rl: dict[str, Any], gain: float, baseline: dict[str, Any]) -> str:
+    """``overall (gain ± its sampling standard error)``; no error for scores saved before it was measured."""
+    if "overall_se" not in rl or "overall_se" not in baseline:
+        return f"{rl['overall']:.3f} ({gain * 100:+.1f})"
+    return f"{rl['overall']:.3f} ({gain * 100:+.1f} ± {math.hypot(rl['overall_se'], baseline['overall_se']) * 100:.1f})"
+
+
 def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     """The finished seeds as a Markdown table: score per category, diversity (against that of real
     renders), objects drawn beyond those asked, strict score (held-out and on RL's own prompts),
@@ -166,7 +174,7 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
                  *([f"best on validation: step {selected}"] if selected is not None else [])]
         seed = f"{r['seed']} ({', '.join(notes)}, kept {stage['steps']})" if notes else str(r["seed"])
         kl = stage["kl_exact_last5"] if stage.get("kl_exact_last5") is not None else stage["kl_last5"]
-        cells = [seed, f"{rl['overall']:.3f} ({r['gain']['overall'] * 100:+.1f})", *(f"{rl[c]:.3f}" for c in CATEGORIES),
+        cells = [seed, _gain_cell(rl, r["gain"]["overall"], baseline), *(f"{rl[c]:.3f}" for c in CATEGORIES),
                  f"{rl['diversity']['feature_spread']:.2f}", f"{rl['diversity']['distinct_codes']:.1%}",
                  _or_dash(rl["diversity"].get("pixel_spread"), ".3f"), _or_dash(rl.get("extra_objects"), ".2f"),
                  _or_dash(rl.get("overall_strict"), ".3f"), _or_dash(r.get("rl_train_prompts", {}).get("overall_strict"), ".3f"),

@@ -180,3 +180,26 @@ def test_prompt_sets_of_a_params_file() -> None:
     assert sets == build_prompt_sets(scene_config(params), 3, params.geneval)
     assert scene_config(params).holdout == tuple(params.data.scenes.holdout)
     assert max(sum(r["tag"] == t for r in sets["heldout"]) for t in CATEGORIES) == 5
+
+
+def test_sampling_standard_error_by_hand() -> None:
+    """single_object: one prompt, 4 images, 2 right (p 0.5); counting: one prompt always right.
+    Var(single_object) = 4^2 * 0.25 / 3 / 4^2 = 1/12; overall averages two categories: 1/48."""
+    records = [{"tag": "single_object", "prompt": "a"}] * 4 + [{"tag": "counting", "prompt": "b"}] * 2
+    summary = summarize(records, [True, False, True, False, True, True])
+    assert summary["overall"] == 0.75
+    assert summary["overall_se"] == pytest.approx((1 / 48) ** 0.5)
+    assert summarize(records, [True] * 6)["overall_se"] == 0.0  # no spread within any prompt
+
+
+def test_sampling_standard_error_matches_redrawn_seeds() -> None:
+    """Prompts with known success rates, drawn again and again: the estimate from one draw is
+    close to the spread of overall over many draws."""
+    g = torch.Generator().manual_seed(0)
+    rates = {("single_object", "a"): 0.5, ("single_object", "b"): 0.2, ("counting", "c"): 0.1, ("counting", "d"): 0.7}
+    records = [{"tag": tag, "prompt": prompt} for (tag, prompt) in rates for _ in range(16)]
+    p = torch.tensor([rates[(r["tag"], r["prompt"])] for r in records])
+    draws = [summarize(records, (torch.rand(len(p), generator=g) < p).tolist()) for _ in range(400)]
+    spread = torch.tensor([d["overall"] for d in draws]).std().item()
+    estimate = sum(d["overall_se"] for d in draws) / len(draws)
+    assert estimate == pytest.approx(spread, rel=0.15)

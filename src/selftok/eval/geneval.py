@@ -278,17 +278,41 @@ def reward(records: Sequence[Record], images: torch.Tensor, evaluator: SceneEval
 
 
 def summarize(records: Sequence[Record], correct: Iterable[bool]) -> dict[str, Any]:
-    """GenEval's summary: share correct per category and overall = mean over categories."""
+    """GenEval's summary: share correct per category, overall = mean over categories, and
+    ``overall_se``, the standard error of overall from sampling alone (``sampling_se``)."""
     hits: dict[str, list[bool]] = {}
+    per_prompt: dict[tuple[str, str], list[bool]] = {}
     for record, ok in zip(records, correct, strict=True):
         hits.setdefault(record["tag"], []).append(bool(ok))
+        per_prompt.setdefault((record["tag"], record.get("prompt", "")), []).append(bool(ok))
     per_category = {tag: sum(v) / len(v) for tag in CATEGORIES if (v := hits.get(tag))}
     counts = {tag: len(v) for tag, v in hits.items()}
     return {
         "overall": sum(per_category.values()) / len(per_category) if per_category else 0.0,
+        "overall_se": sampling_se(per_prompt, list(per_category)),
         **per_category,
         "images": counts,
     }
+
+
+def sampling_se(per_prompt: dict[tuple[str, str], list[bool]], categories: Sequence[str]) -> float:
+    """How far ``overall`` would move if the same prompts were drawn again with other seeds.
+
+    Each prompt's images are independent draws with its own success rate p, so a category's
+    share has variance sum_i m_i p_i (1 - p_i) / n^2 over its prompts (m_i images each, n in all),
+    estimated with the unbiased m_i / (m_i - 1) correction, and overall averages the categories.
+    The held-out set is small (two single_object prompts), so this is about 2 points at 16
+    images per prompt: differences below twice it are noise (docs/rl_finetune.md)."""
+    if not categories:
+        return 0.0
+    variance = 0.0
+    for tag in categories:
+        groups = [v for (t, _), v in per_prompt.items() if t == tag]
+        n = sum(len(v) for v in groups)
+        for v in groups:
+            p = sum(v) / len(v)
+            variance += len(v) ** 2 * p * (1 - p) / max(len(v) - 1, 1) / n**2 / len(categories) ** 2
+    return math.sqrt(variance)
 
 
 def summarize_judged(rows: Sequence[Record], judged: Sequence[Judgement]) -> dict[str, Any]:

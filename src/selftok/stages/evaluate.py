@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,8 @@ def score_arm(
     metrics: Metrics = {
         "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size),
         "generation": gen,
-        "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]},
+        "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]}
+        | {"overall_se": math.hypot(gen["rl"]["overall_se"], gen["pretrained"]["overall_se"])},  # two independent draws
         "diversity_reference": reference_diversity(real, real_features, n),
         "data_ceiling": data_ceiling(records, real, evaluator, n),
         "comprehension": {"caption_accuracy": captions["caption_accuracy"]},
