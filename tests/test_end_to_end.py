@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from selftok import tracking
+from selftok.config import load_params
 from selftok.data.scenes import CATEGORIES
 from selftok.stages.base import resolve_stages
 
@@ -105,11 +106,17 @@ def test_runs_nest_and_registry_has_aliases(smoke) -> None:
 
 
 def test_rl_keeps_the_weights_that_carried_over_best(smoke) -> None:
-    """The smoke profile's RL validates on prompt groups it never trains on (steps 0, 2, 3) and keeps the best."""
+    """The smoke profile's RL validates on prompt groups it never trains on (steps 0, 2, 3) and keeps
+    the best, where a later step must beat it by more than rl.select_margin standard errors."""
     project, _, _ = smoke
+    margin = load_params(project / "params.yaml").rl.select_margin
     scores = json.loads((project / "checkpoints" / "rl" / "validation" / "history.json").read_text())
     assert [h["step"] for h in scores] == [0, 2, 3]
-    best = next(h for h in scores if h["strict"] == max(s["strict"] for s in scores))  # the earliest of the best
+    assert all(0 <= h["strict_se"] <= 0.5 for h in scores)
+    best = scores[0]
+    for h in scores[1:]:
+        if h["strict"] > best["strict"] + margin * math.hypot(h["strict_se"], best["strict_se"]):
+            best = h
     metrics = json.loads((project / "metrics" / "rl_finetune.json").read_text())
     validation = metrics["validation"]
     assert (validation["best_step"], validation["strict_best"]) == (best["step"], best["strict"])

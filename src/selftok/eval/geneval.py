@@ -317,10 +317,12 @@ def sampling_se(per_prompt: dict[tuple[str, str], list[bool]], categories: Seque
 
 def summarize_judged(rows: Sequence[Record], judged: Sequence[Judgement]) -> dict[str, Any]:
     """``summarize`` plus what the rules let pass: the mean number of objects drawn beyond those
-    asked for (``extra_objects``) and the overall score of images correct with none (``overall_strict``)."""
+    asked for (``extra_objects``) and the overall score of images correct with none (``overall_strict``,
+    with its ``overall_strict_se``)."""
     summary = summarize(rows, (j.correct for j in judged))
     summary["extra_objects"] = sum(j.extra for j in judged) / len(judged) if judged else 0.0
-    summary["overall_strict"] = summarize(rows, (j.correct and not j.extra for j in judged))["overall"]
+    strict = summarize(rows, (j.correct and not j.extra for j in judged))
+    summary["overall_strict"], summary["overall_strict_se"] = strict["overall"], strict["overall_se"]
     return summary
 
 

@@ -60,12 +60,15 @@ class RLParams(StrictModel):
     # carry-over validation (selftok.rl.selection): val_fraction of each category's RL prompt groups are never
     # trained on; every val_every steps the policy draws val_images images for each of them (at most val_prompts
     # per category), scored strict. select: best_val keeps the best-scoring weights (the pretrained ones
-    # included), last the last (the guard may still roll back). val_fraction 0: off
+    # included), last the last (the guard may still roll back). val_fraction 0: off. A later step replaces
+    # the best only when it scores higher by more than select_margin standard errors of the difference
+    # (sampling noise of both scores; 0: any higher score)
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     val_prompts: Positive = 8
     val_images: Positive = 16
     val_every: Positive = 20
     select: Selection = "last"
+    select_margin: float = Field(0.0, ge=0.0)
     checkpoint_every: Positive = 10
     log_every: Positive = 1
     sample_every: Positive = 20  # steps between logged sample grids

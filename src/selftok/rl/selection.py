@@ -7,6 +7,11 @@ training prompts cannot show that. So the stage sets a share of RL's own prompt 
 ``rl.select: best_val`` keeps the weights that scored best, the pretrained ones (step 0)
 included. The benchmark's held-out prompts stay unseen: they judge the choice, not make it.
 
+A score is one draw of images, and the best of fifteen noisy draws is usually a lucky one
+(docs/rl_finetune.md, fourteenth session). So with a ``margin`` a later step beats the best only
+when its score is higher by more than ``margin`` standard errors of the difference, from the
+``<key>_se`` the scores carry; otherwise the earlier weights, in the end the pretrained ones, stay.
+
 Only records are kept on disk: weights whose score beats every earlier one. The best weights at
 or before any step are then the newest record up to it, which is what the diversity guard needs
 when it rolls a run back to an earlier step.
@@ -15,6 +20,7 @@ when it rolls a run back to an earlier step.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +39,14 @@ class BestWeights:
 
     folder: Path
     key: str = "strict"
+    margin: float = 0.0  # in standard errors of the difference between two scores
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, folder: Path, resumed_at: int) -> BestWeights:
+    def open(cls, folder: Path, resumed_at: int, margin: float = 0.0) -> BestWeights:
         """The records of an earlier process, without those past the step a resume restarts from."""
         path = folder / HISTORY
-        best = cls(folder, history=json.loads(path.read_text()) if path.is_file() else [])
+        best = cls(folder, margin=margin, history=json.loads(path.read_text()) if path.is_file() else [])
         best.truncate(resumed_at)
         return best
 
@@ -56,9 +63,9 @@ class BestWeights:
         return any(h["step"] == step for h in self.history)
 
     def add(self, step: int, scores: dict[str, float], state: dict[str, torch.Tensor]) -> bool:
-        """Record ``scores`` at ``step``; keep ``state`` if they beat every earlier score. True if they did."""
+        """Record ``scores`` at ``step``; keep ``state`` if they beat the best so far (by the margin). True if they did."""
         best = self.best()
-        record = best is None or scores[self.key] > best[self.key]
+        record = best is None or scores[self.key] > best[self.key] + self.margin * self._difference_se(scores, best)
         self.folder.mkdir(parents=True, exist_ok=True)
         if record:
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(self._weights(step)))
@@ -68,6 +75,10 @@ class BestWeights:
 
     def best(self, at_most: int | None = None) -> dict[str, Any] | None:
         return best_entry(self.history, at_most)
+
+    def _difference_se(self, a: dict[str, Any], b: dict[str, Any]) -> float:
+        """Standard error of the difference of two independent scores (0 where they carry none)."""
+        return math.hypot(a.get(f"{self.key}_se", 0.0), b.get(f"{self.key}_se", 0.0))
 
     def load(self, step: int) -> dict[str, torch.Tensor]:
         return load_file(str(self._weights(step)))
@@ -82,8 +93,8 @@ class BestWeights:
 
 
 def best_entry(history: list[dict[str, Any]], at_most: int | None = None) -> dict[str, Any] | None:
-    """The best-scoring entry of a validation history at or before ``at_most``, or None. Only a
-    score above every earlier one makes a record, so of equal scores the earliest is chosen."""
+    """The best entry of a validation history at or before ``at_most``, or None: its newest record
+    (only a score above the best before it, by the margin, makes one; of equal scores the earliest)."""
     records = [h for h in history if h["record"] and (at_most is None or h["step"] <= at_most)]
     return records[-1] if records else None
 

@@ -199,7 +199,7 @@ def train_grpo(
     if result.collapse:  # a run the guard stopped stays stopped, with the weights it kept
         log.warning("rl: %s was kept after a collapse at step %s (%s)", latest, result.collapsed_at, result.collapse)
         result.steps = end = start
-    best = BestWeights.open(checkpoints / VALIDATION, start) if run.validate is not None else None
+    best = BestWeights.open(checkpoints / VALIDATION, start, params.select_margin) if run.validate is not None else None
 
     def validate(step: int) -> None:
         assert run.validate is not None and best is not None

@@ -75,7 +75,7 @@ def run(ctx: StageContext) -> Metrics:
 
         def validate() -> dict[str, float]:
             summary, _ = generation(vlm.lm, vlm.tokenizer, val_records, decode, evaluator, val_sampling)
-            return {"overall": summary["overall"], "strict": summary["overall_strict"]}
+            return {"overall": summary["overall"], "strict": summary["overall_strict"], "strict_se": summary["overall_strict_se"]}
 
     # real renders of RL prompts through the tokenizer: how far samples stray from the data (logged; the guard's realism check)
     renders = real_renders(ctx.params, per_category(prompts, params.realism_prompts), params.group_size)
