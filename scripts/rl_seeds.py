@@ -18,11 +18,16 @@ not run again. OUT/pretrained.json holds the pretrained model's scores and the d
 (real renders through the tokenizer, scored like a model) on both prompt sets, made once;
 OUT/NAME/summary.json the gains (mean and sd over the finished seeds) and OUT/NAME/table.md
 their per-category table.
+
+One draw of images moves the held-out overall by about 2 points (its `overall_se`), as much as
+many recipe effects. `--sample-seeds K` also scores the pretrained and each RL model under K
+sampling seeds and reports the mean paired gain with its standard error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -100,6 +105,16 @@ class Benchmark:
                                           benchmark_sampling(self.params), chosen.real_features)
         return summary
 
+    def overall_by_seed(self, model: Path, seeds: int) -> list[float]:
+        """Held-out overall under ``seeds`` sampling seeds from the recipe's own: how much of a
+        difference the draw of images alone makes (docs/rl_finetune.md, fourteenth session)."""
+        sampling = self.params.vlm.sampling
+        scores = []
+        for i in range(seeds):
+            vlm = self.params.vlm.model_copy(update={"sampling": sampling.model_copy(update={"seed": sampling.seed + i})})
+            scores.append(dataclasses.replace(self, params=self.params.model_copy(update={"vlm": vlm})).score(model)["overall"])
+        return scores
+
     def reference(self, prompts: str = "heldout") -> dict[str, Any]:
         """The real renders of a prompt set through the tokenizer, as evaluate measures them: their
         diversity and their scores (the data ceiling)."""
@@ -151,6 +166,16 @@ def _gain_cell(rl: dict[str, Any], gain: float, baseline: dict[str, Any]) -> str
     return f"{rl['overall']:.3f} ({gain * 100:+.1f} ± {math.hypot(rl['overall_se'], baseline['overall_se']) * 100:.1f})"
 
 
+def _seeds_cell(rl: list[float] | None, pretrained: list[float] | None) -> str:
+    """Mean held-out overall over sampling seeds, and its gain over the pretrained model's under
+    the same seeds, ± the standard error of the paired differences ("-" when not scored)."""
+    if not rl or not pretrained or len(pretrained) < len(rl) or len(rl) < 2:
+        return "-"
+    diffs = [(a - b) * 100 for a, b in zip(rl, pretrained[: len(rl)], strict=True)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return f"{statistics.fmean(rl):.3f} ({statistics.fmean(diffs):+.1f} ± {se:.1f}, {len(rl)} seeds)"
+
+
 def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     """The finished seeds as a Markdown table: score per category, diversity (against that of real
     renders), objects drawn beyond those asked, strict score (held-out and on RL's own prompts),
@@ -165,7 +190,8 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
             f"{_or_dash(ceiling.get('overall_strict'), '.3f')})",
             f"strict on RL prompts (pretrained {_or_dash(train.get('overall_strict'), '.3f')}; data "
             f"{_or_dash(train.get('data_ceiling', {}).get('overall_strict'), '.3f')})",
-            "Frechet to real", "train reward first → last 5", "KL last 5", "last weights overall / strict (if not kept)"]
+            "Frechet to real", "train reward first → last 5", "KL last 5", "last weights overall / strict (if not kept)",
+            "overall over sampling seeds (gain ± se)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stage, rl = r["stage"]["rl"], r["rl"]
@@ -180,7 +206,8 @@ def table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
                  _or_dash(rl.get("overall_strict"), ".3f"), _or_dash(r.get("rl_train_prompts", {}).get("overall_strict"), ".3f"),
                  _or_dash(rl.get("frechet_to_real"), ".1f"),
                  f"{_or_dash(stage['reward_first5'], '.2f')} → {_or_dash(stage['reward_last5'], '.2f')}", _or_dash(kl, ".1f"),
-                 f"{r['rl_last']['overall']:.3f} / {r['rl_last']['overall_strict']:.3f}" if "rl_last" in r else "-"]
+                 f"{r['rl_last']['overall']:.3f} / {r['rl_last']['overall_strict']:.3f}" if "rl_last" in r else "-",
+                 _seeds_cell(r.get("overall_by_seed"), baseline.get("overall_by_seed"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -216,6 +243,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("ablation_runs/rl"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--arm", choices=sorted(ARMS), default=SELFTOK.name, help="tokenizer arm whose RL stage runs (its own --out)")
+    ap.add_argument("--sample-seeds", type=int, default=1,
+                    help="also score held-out overall under this many sampling seeds, paired with the pretrained model's (>1: a table column)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,8 +268,10 @@ def main() -> None:
     if "train" not in baseline:  # made once (a file from before the train-prompt scores gets them added)
         baseline |= {**bench.score(root / arm.vlm), **bench.reference(),
                      "train": {**bench.score(root / arm.vlm, "train"), **bench.reference("train")}}
-        baseline_file.parent.mkdir(parents=True, exist_ok=True)
-        baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")
+    if args.sample_seeds > len(baseline.get("overall_by_seed", [])):
+        baseline["overall_by_seed"] = bench.overall_by_seed(root / arm.vlm, args.sample_seeds)
+    baseline_file.parent.mkdir(parents=True, exist_ok=True)
+    baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")
 
     for seed in args.seeds:
         work = (args.out / args.name / f"seed_{seed}").resolve()
@@ -261,6 +292,8 @@ def main() -> None:
                   "gain_train_prompts": gain_train, "rl": rl, "rl_train_prompts": rl_train, "pretrained": baseline, "stage": stage}
         if stage.get("validation", {}).get("selected_step") is not None:  # what the selection passed over
             result["rl_last"] = bench.score(last_weights(work, arm))
+        if args.sample_seeds > 1:
+            result["overall_by_seed"] = bench.overall_by_seed(work / arm.vlm_rl, args.sample_seeds)
         (work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
         print(f"seed {seed}: overall {baseline['overall']:.3f} -> {rl['overall']:.3f} ({gain['overall'] * 100:+.1f} points), "
               f"spread {rl['diversity']['feature_spread']:.2f}, {rl_seconds:.0f} s")

@@ -148,9 +148,13 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     rl_model = tracking.file_hash(project / "models" / "vlm_rl")
     # select=last: the statistics of the steps run are defined (best_val keeps step 0 on ties, as smoke RL has)
     options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true", "--set", "rl.select=last"]
-    subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
+    subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", "--sample-seeds", "2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
+    # the first sampling seed is the recipe's own: the same images as the main score
+    assert len(result["overall_by_seed"]) == 2 and result["overall_by_seed"][0] == result["rl"]["overall"]
+    assert result["pretrained"]["overall_by_seed"][0] == result["pretrained"]["overall"]
+    assert "2 seeds)" in (out / "g2" / "table.md").read_text()
     assert result["stage"]["validation"]["last_step"] == 3 and result["stage"]["validation"]["selected_step"] is None
     assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3 and "rl_last" not in result
     assert result["stage"]["rl"]["ptx_loss_last5"] > 0  # the stage read the copied codes for its pretraining batches
