@@ -302,7 +302,8 @@ def sampling_se(per_prompt: dict[tuple[str, str], list[bool]], categories: Seque
     share has variance sum_i m_i p_i (1 - p_i) / n^2 over its prompts (m_i images each, n in all),
     estimated with the unbiased m_i / (m_i - 1) correction, and overall averages the categories.
     The held-out set is small (two single_object prompts), so this is about 2 points at 16
-    images per prompt: differences below twice it are noise (docs/rl_finetune.md)."""
+    images per prompt, and two such scores must differ by about 5 points (two standard errors of
+    the difference) before the difference stands out of the noise (docs/rl_finetune.md)."""
     if not categories:
         return 0.0
     variance = 0.0

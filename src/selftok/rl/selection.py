@@ -12,7 +12,7 @@ A score is one draw of images, and the best of fifteen noisy draws is usually a 
 when its score is higher by more than ``margin`` standard errors of the difference, from the
 ``<key>_se`` the scores carry; otherwise the earlier weights, in the end the pretrained ones, stay.
 
-Only records are kept on disk: weights whose score beats every earlier one. The best weights at
+Only records are kept on disk: weights whose score beats the best before it. The best weights at
 or before any step are then the newest record up to it, which is what the diversity guard needs
 when it rolls a run back to an earlier step.
 """
