@@ -280,23 +280,25 @@ def reward(records: Sequence[Record], images: torch.Tensor, evaluator: SceneEval
 def summarize(records: Sequence[Record], correct: Iterable[bool]) -> dict[str, Any]:
     """GenEval's summary: share correct per category, overall = mean over categories, and
     ``overall_se``, the standard error of overall from sampling alone (``sampling_se``)."""
-    hits: dict[str, list[bool]] = {}
     per_prompt: dict[tuple[str, str], list[bool]] = {}
-    for record, ok in zip(records, correct, strict=True):
-        hits.setdefault(record["tag"], []).append(bool(ok))
+    for record, ok in zip(records, correct, strict=True):  # records without a prompt count as one prompt
         per_prompt.setdefault((record["tag"], record.get("prompt", "")), []).append(bool(ok))
-    per_category = {tag: sum(v) / len(v) for tag in CATEGORIES if (v := hits.get(tag))}
-    counts = {tag: len(v) for tag, v in hits.items()}
+    by_tag: dict[str, list[list[bool]]] = {}
+    for (tag, _), hits in per_prompt.items():
+        by_tag.setdefault(tag, []).append(hits)
+    scored = {tag: by_tag[tag] for tag in CATEGORIES if tag in by_tag}
+    per_category = {tag: sum(map(sum, groups)) / sum(map(len, groups)) for tag, groups in scored.items()}
     return {
         "overall": sum(per_category.values()) / len(per_category) if per_category else 0.0,
-        "overall_se": sampling_se(per_prompt, list(per_category)),
+        "overall_se": sampling_se(list(scored.values())),
         **per_category,
-        "images": counts,
+        "images": {tag: sum(map(len, groups)) for tag, groups in by_tag.items()},
     }
 
 
-def sampling_se(per_prompt: dict[tuple[str, str], list[bool]], categories: Sequence[str]) -> float:
-    """How far ``overall`` would move if the same prompts were drawn again with other seeds.
+def sampling_se(categories: Sequence[Sequence[Sequence[bool]]]) -> float:
+    """How far the mean of category shares would move if the same prompts were drawn again with
+    other seeds (``categories``: per category, per prompt, whether each image was right).
 
     Each prompt's images are independent draws with its own success rate p, so a category's
     share has variance sum_i m_i p_i (1 - p_i) / n^2 over its prompts (m_i images each, n in all),
@@ -304,16 +306,13 @@ def sampling_se(per_prompt: dict[tuple[str, str], list[bool]], categories: Seque
     The held-out set is small (two single_object prompts), so this is about 2 points at 16
     images per prompt, and two such scores must differ by about 5 points (two standard errors of
     the difference) before the difference stands out of the noise (docs/rl_finetune.md)."""
-    if not categories:
-        return 0.0
     variance = 0.0
-    for tag in categories:
-        groups = [v for (t, _), v in per_prompt.items() if t == tag]
-        n = sum(len(v) for v in groups)
-        for v in groups:
-            p = sum(v) / len(v)
-            variance += len(v) ** 2 * p * (1 - p) / max(len(v) - 1, 1) / n**2 / len(categories) ** 2
-    return math.sqrt(variance)
+    for groups in categories:
+        n = sum(len(hits) for hits in groups)
+        for hits in groups:
+            p = sum(hits) / len(hits)
+            variance += len(hits) ** 2 * p * (1 - p) / max(len(hits) - 1, 1) / n**2
+    return math.sqrt(variance) / len(categories) if categories else 0.0
 
 
 def summarize_judged(rows: Sequence[Record], judged: Sequence[Judgement]) -> dict[str, Any]:
