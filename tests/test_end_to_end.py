@@ -103,6 +103,11 @@ def test_runs_nest_and_registry_has_aliases(smoke) -> None:
     assert not children or len(children) == len(stages)
     assert tracking.alias_version("selftok-vlm", "champion") is not None
     assert tracking.alias_version("selftok-vlm", "challenger") == tracking.alias_version("selftok-vlm", "champion")
+    # the next challenger's gain is judged against this champion's sampling error, so it is kept in the registry
+    tags = mlflow.tracking.MlflowClient().get_model_version("selftok-vlm", tracking.alias_version("selftok-vlm", "champion")).tags
+    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert float(tags["benchmark.overall_se"]) == evaluate["generation"]["rl"]["overall_se"] > 0
+    assert evaluate["promotion"]["required_gain"] is None and evaluate["promotion"]["promoted"]  # no champion before
 
 
 def test_rl_keeps_the_weights_that_carried_over_best(smoke) -> None:

@@ -121,6 +121,8 @@ class EvaluateParams(StrictModel):
     # categories have 2 held-out prompts, so 4 samples leave a score resting on 8 images.
     samples_per_prompt: int | None = Field(None, ge=1)
     promotion_margin: Fraction = 0.02  # new model must beat the champion's overall score by this much
+    # ... and by this many standard errors of the gain (both scores' sampling noise; 0: the margin alone)
+    promotion_sigmas: float = Field(2.0, ge=0)
 
 
 class ControlParams(StrictModel):

@@ -2,15 +2,21 @@
 
 A newly trained model version always gets the `challenger` alias. It takes `champion` only
 when its score on the same held-out benchmark beats the current champion's by at least the
-margin (or when there is no champion yet), and never when it scores below its own pretrained
+margin and by ``sigmas`` standard errors of the gain (or when there is no champion
+yet), and never when it scores below its own pretrained
 model by more than the margin on the strict score (correct with no extra object): a model that
 wins GenEval's rules by drawing clutter is a reward hack, not an improvement. The decision and
 both scores are recorded as tags on the model version, so the registry itself says why each
 version holds its alias.
+
+Why the error: one draw of the benchmark moves a score by about 2 points (its `overall_se`), so a
+gain of a few points between two single draws is as often noise as progress
+(docs/rl_finetune.md, "The benchmark's own noise").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from mlflow.tracking import MlflowClient
@@ -25,16 +31,30 @@ class Decision:
     challenger_score: float
     champion_score: float | None
     margin: float
+    required_gain: float | None = None  # what the gain had to reach: max(margin, sigmas x its standard error)
 
 
-def decide(challenger_score: float, champion_score: float | None, margin: float) -> Decision:
-    """Promote when there is no champion, or the challenger beats it by at least ``margin``."""
+def gain_se(challenger_se: float, champion_se: float | None) -> float:
+    """Standard error of challenger - champion from two independent draws of the benchmark. A
+    champion scored before the error was recorded is taken to be as noisy as the challenger: the
+    same benchmark (prompts, images per prompt, judge) gives scores of the same error."""
+    return math.hypot(challenger_se, challenger_se if champion_se is None else champion_se)
+
+
+def decide(challenger_score: float, champion_score: float | None, margin: float, se: float = 0.0,
+           sigmas: float = 0.0) -> Decision:
+    """Promote when there is no champion, or the challenger beats it by at least ``margin`` and by
+    at least ``sigmas`` x ``se`` (the gain's standard error; 0 leaves the margin alone)."""
     if champion_score is None:
         return Decision(True, "no champion yet", challenger_score, None, margin)
     gain = challenger_score - champion_score
-    if gain >= margin and gain > 0:
-        return Decision(True, f"beats champion by {gain:+.4f} (margin {margin})", challenger_score, champion_score, margin)
-    return Decision(False, f"gain {gain:+.4f} below margin {margin}", challenger_score, champion_score, margin)
+    required = max(margin, sigmas * se)
+    rule = f"margin {margin}" + (f", {sigmas:g} x its standard error {se:.4f}" if sigmas * se > 0 else "")
+    if gain >= required and gain > 0:
+        return Decision(True, f"beats champion by {gain:+.4f} (needs {required:.4f}: {rule})", challenger_score,
+                        champion_score, margin, required)
+    return Decision(False, f"gain {gain:+.4f} below {required:.4f} ({rule})", challenger_score, champion_score, margin,
+                    required)
 
 
 def refuse_hack(challenger: dict[str, float], pretrained: dict[str, float], champion_score: float | None,

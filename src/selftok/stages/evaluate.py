@@ -7,7 +7,8 @@ next-token entropy by position over val codes). The same measurements run on eve
 arm (selftok.stages.arms): Selftok's are the top-level keys, the spatial-token control's mirror
 them under `control.spatial`, with the RL gain per category beside each. The Selftok RL model
 is then compared with the `champion` of `selftok-vlm` on the same benchmark; `challenger`
-always moves, `champion` only when the new model is better by `evaluate.promotion_margin`.
+always moves, `champion` only when the new model is better by `evaluate.promotion_margin` and by
+`evaluate.promotion_sigmas` standard errors of the gain.
 """
 
 from __future__ import annotations
@@ -218,13 +219,15 @@ def run(ctx: StageContext) -> Metrics:
     # --- promotion -------------------------------------------------------------------------
     challenger = find_version(VLM_NAME, ctx.path("models/vlm_rl"))
     champion = tracking.alias_version(VLM_NAME, tracking.CHAMPION)
-    champion_score = None
+    champion_score = champion_se = None
     benchmark = benchmark_hash(ctx.params, ctx.path("models/evaluator"))
     if champion is not None and champion != challenger:
         tags = MlflowClient().get_model_version(VLM_NAME, champion).tags
         if tags.get("benchmark.hash") == benchmark and "benchmark.overall" in tags:
             champion_score = float(tags["benchmark.overall"])
+            champion_se = float(tags["benchmark.overall_se"]) if "benchmark.overall_se" in tags else None
     generation = selftok.metrics["generation"]
+    overall_se = generation["rl"]["overall_se"]
     hack = promotion.refuse_hack(generation["rl"], generation["pretrained"], champion_score, params.promotion_margin)
     if hack is not None:
         decision = hack
@@ -232,10 +235,12 @@ def run(ctx: StageContext) -> Metrics:
         decision = promotion.Decision(False, f"champion v{champion} was scored on another benchmark; kept (move the alias "
                                       "by hand if the new one should replace it)", overall, None, params.promotion_margin)
     else:
-        decision = promotion.decide(overall, champion_score, params.promotion_margin)
+        decision = promotion.decide(overall, champion_score, params.promotion_margin,
+                                    promotion.gain_se(overall_se, champion_se), params.promotion_sigmas)
     client = MlflowClient()
     client.set_model_version_tag(VLM_NAME, challenger, "benchmark.hash", benchmark)
     client.set_model_version_tag(VLM_NAME, challenger, "benchmark.overall", str(overall))
+    client.set_model_version_tag(VLM_NAME, challenger, "benchmark.overall_se", str(overall_se))
     previous = promotion.apply(VLM_NAME, challenger, decision)
     log.info("promotion: %s (challenger v%s, champion before v%s)", decision.reason, challenger, previous)
 
@@ -244,7 +249,8 @@ def run(ctx: StageContext) -> Metrics:
         "evaluator": judge,
         "control": {name: s.metrics for name, s in arms.items() if name != SELFTOK.name},
         "promotion": {"promoted": decision.promote, "reason": decision.reason, "challenger_score": decision.challenger_score,
-                      "champion_score": decision.champion_score, "margin": decision.margin},
+                      "champion_score": decision.champion_score, "margin": decision.margin,
+                      "required_gain": decision.required_gain},
     }
     index = build_report(ctx.root, metrics, ctx.params.tracking.experiment)
     ctx.log_artifact(index.parent, "report")
