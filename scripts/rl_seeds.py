@@ -65,6 +65,13 @@ from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import DecodeFn, per_category
 
 
+def reseeded(params: Params, offset: int) -> Params:
+    """``params`` with the sampling seed moved by ``offset``: another draw of the same recipe."""
+    sampling = params.vlm.sampling
+    vlm = params.vlm.model_copy(update={"sampling": sampling.model_copy(update={"seed": sampling.seed + offset})})
+    return params.model_copy(update={"vlm": vlm})
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """Prompts to score on, with their real renders through the tokenizer and those renders' evaluator features."""
@@ -105,15 +112,14 @@ class Benchmark:
                                           benchmark_sampling(self.params), chosen.real_features)
         return summary
 
+    def with_params(self, params: Params) -> Benchmark:
+        """The same prompts, renders and judge, drawing with ``params``' sampling recipe."""
+        return dataclasses.replace(self, params=params)
+
     def overall_by_seed(self, model: Path, seeds: int) -> list[float]:
         """Held-out overall under ``seeds`` sampling seeds from the recipe's own: how much of a
         difference the draw of images alone makes (docs/rl_finetune.md, fourteenth session)."""
-        sampling = self.params.vlm.sampling
-        scores = []
-        for i in range(seeds):
-            vlm = self.params.vlm.model_copy(update={"sampling": sampling.model_copy(update={"seed": sampling.seed + i})})
-            scores.append(dataclasses.replace(self, params=self.params.model_copy(update={"vlm": vlm})).score(model)["overall"])
-        return scores
+        return [self.with_params(reseeded(self.params, i)).score(model)["overall"] for i in range(seeds)]
 
     def reference(self, prompts: str = "heldout") -> dict[str, Any]:
         """The real renders of a prompt set through the tokenizer, as evaluate measures them: their

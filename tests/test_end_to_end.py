@@ -197,3 +197,23 @@ def test_rl_seeds_script_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_p
     summary = json.loads((out / "g2" / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and len(summary["gain_points"]) == 2
     assert len((out / "g2" / "table.md").read_text().splitlines()) == 2 + 2  # header, rule, one row per seed
+
+
+def test_sampling_sweep_scores_recipes_on_the_evaluate_benchmark(smoke, tmp_path: Path) -> None:
+    """scripts/sampling_sweep.py: the project's own recipe reproduces evaluate's score; a bad recipe fails before any work."""
+    project, _, _ = smoke
+    out = tmp_path / "sweep.json"
+    command = [sys.executable, str(ROOT / "scripts" / "sampling_sweep.py"), "--root", str(project), "--out", str(out), "--threads", "1"]
+    bad = subprocess.run([*command, "--recipe", "cfg_scale=3", "--recipe", "guidance=7"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "guidance" in bad.stderr and not out.exists()
+
+    cfg = load_params(project / "params.yaml").vlm.sampling.cfg_scale
+    done = subprocess.run([*command, "--seeds", "1", "--recipe", f"cfg_scale={cfg}", "--recipe", "cfg_scale=1,min_p=0"],
+                          check=True, capture_output=True, text=True)
+    rows = json.loads(out.read_text())
+    assert [(r["recipe"], r["prompts"]) for r in rows] == [(f"cfg_scale={cfg}", "train"), (f"cfg_scale={cfg}", "heldout"),
+                                                            ("cfg_scale=1,min_p=0", "train"), ("cfg_scale=1,min_p=0", "heldout")]
+    evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
+    assert rows[1]["overall"] == evaluated["overall"] and rows[1]["overall_se"] == evaluated["overall_se"]  # same images
+    assert all(0 <= r["overall_strict"] <= r["overall"] <= 1 for r in rows)
+    assert f"| cfg_scale={cfg} | {rows[0]['overall']:.3f} | {rows[1]['overall']:.3f} |" in done.stdout
