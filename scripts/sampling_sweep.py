@@ -27,6 +27,7 @@ from selftok.config import PARAMS_FILE, ConfigError, Params, merged, parse_overr
 from selftok.data.scenes import CATEGORIES
 
 PROMPT_SETS = ("train", "heldout")
+KEPT = ("overall", "overall_se", "overall_strict", "extra_objects", *CATEGORIES)  # of each score's summary
 
 
 def with_sampling(raw: dict, recipe: str, seed: int) -> Params:
@@ -58,8 +59,7 @@ def main() -> None:
         for seed, params in enumerate(seeded):
             for prompts in PROMPT_SETS:
                 summary = bench.with_params(params).score(root / args.model, prompts)
-                keep = ("overall", "overall_se", "overall_strict", "extra_objects", *CATEGORIES)
-                rows.append({"recipe": recipe, "seed": seed, "prompts": prompts} | {k: summary[k] for k in keep if k in summary})
+                rows.append({"recipe": recipe, "seed": seed, "prompts": prompts} | {k: summary[k] for k in KEPT if k in summary})
                 print(json.dumps(rows[-1]), flush=True)
                 args.out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\n| recipe | {' | '.join(PROMPT_SETS)} |\n|---|---|---|")
