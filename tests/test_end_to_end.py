@@ -106,7 +106,8 @@ def test_runs_nest_and_registry_has_aliases(smoke) -> None:
     # the next challenger's gain is judged against this champion's sampling error, so it is kept in the registry
     tags = mlflow.tracking.MlflowClient().get_model_version("selftok-vlm", tracking.alias_version("selftok-vlm", "champion")).tags
     evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert float(tags["benchmark.overall_se"]) == evaluate["generation"]["rl"]["overall_se"] > 0
+    # (0 where the smoke model scores every prompt 0 or 1: no sampling spread)
+    assert float(tags["benchmark.overall_se"]) == evaluate["generation"]["rl"]["overall_se"] >= 0
     assert evaluate["promotion"]["required_gain"] is None and evaluate["promotion"]["promoted"]  # no champion before
 
 
