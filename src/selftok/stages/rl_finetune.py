@@ -103,14 +103,16 @@ def run(ctx: StageContext) -> Metrics:
     def mean(rows: list[dict[str, float]], key: str) -> float | None:
         return sum(r[key] for r in rows) / len(rows) if rows else None
 
-    log.info("rl: %d steps in %.0fs; reward %.3f -> %.3f", result.steps, result.seconds, mean(first, "reward") or 0,
-             mean(last, "reward") or 0)
+    reward_first, reward_last = mean(first, "reward"), mean(last, "reward")
+    log.info("rl: %d steps in %.0fs, kept the weights of step %d; training reward %s (first 5 steps) -> %s (last 5 kept)",
+             result.resumed_from + len(result.history), result.seconds, result.steps,
+             "-" if reward_first is None else f"{reward_first:.3f}", "-" if reward_last is None else f"{reward_last:.3f}")
     return {
         "rl": {
             "steps": result.steps,
             "collapsed_at": result.collapsed_at,
-            "reward_first5": mean(first, "reward"),
-            "reward_last5": mean(last, "reward"),
+            "reward_first5": reward_first,
+            "reward_last5": reward_last,
             "kl_last5": mean(last, "kl"),
             "kl_exact_last5": mean(last, "kl_exact"),
             "distinct_codes_last5": mean(last, "distinct_codes"),
