@@ -197,3 +197,16 @@ def test_quarantine_names_the_source_file_of_folder_samples() -> None:
     assert _source_file(pd.Series({"metadata": '{"source": "folder", "file": "sub/broken.jpg"}'})) == {"file": "sub/broken.jpg"}
     assert _source_file(pd.Series({"metadata": '{"objects": []}'})) == {}
     assert _source_file(pd.Series({"metadata": "not json"})) == {}
+
+
+def test_generated_copies_get_a_hint_other_failures_do_not() -> None:
+    def result(duplicates: int, decode_errors: int) -> ValidationResult:
+        kinds = ["duplicate_image"] * duplicates + ["image_decode"] * decode_errors
+        quarantine = [{"key": f"train-{i:07d}", "shard": "s.tar", "reasons": [{"kind": k, "message": k}]} for i, k in enumerate(kinds)]
+        counts = {"duplicate_image": duplicates, "image_decode": decode_errors}
+        return ValidationResult(pd.DataFrame(), quarantine, counts, [], {}, {}, None, n_checked=1000)
+
+    hint = stage.generator_repeats(result(30, 2), "scenes")
+    assert hint is not None and "data.scenes.n_train" in hint and "validate.max_bad_fraction" in hint
+    assert stage.generator_repeats(result(30, 2), "folder") is None  # real data: copies are a finding, not a hint
+    assert stage.generator_repeats(result(2, 30), "scenes") is None  # mostly broken images: no excuse
