@@ -5,9 +5,8 @@ when its score on the same held-out benchmark beats the current champion's by at
 margin and by ``sigmas`` standard errors of the gain (or when there is no champion yet), and
 never when it scores below its own pretrained model by more than the margin on the strict score
 (correct with no extra object): a model that wins GenEval's rules by drawing clutter is a reward
-hack, not an improvement. The decision and
-both scores are recorded as tags on the model version, so the registry itself says why each
-version holds its alias.
+hack, not an improvement. The decision and both scores are recorded as tags on the model
+version, so the registry itself says why each version holds its alias.
 
 Why the error: one draw of the benchmark moves a score by about 2 points (its `overall_se`), so a
 gain of a few points between two single draws is as often noise as progress

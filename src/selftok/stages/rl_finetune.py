@@ -104,9 +104,9 @@ def run(ctx: StageContext) -> Metrics:
         return sum(r[key] for r in rows) / len(rows) if rows else None
 
     reward_first, reward_last = mean(first, "reward"), mean(last, "reward")
+    shown = ["-" if r is None else f"{r:.3f}" for r in (reward_first, reward_last)]  # no kept steps: no last reward
     log.info("rl: %d steps in %.0fs, kept the weights of step %d; training reward %s (first 5 steps) -> %s (last 5 kept)",
-             result.resumed_from + len(result.history), result.seconds, result.steps,
-             "-" if reward_first is None else f"{reward_first:.3f}", "-" if reward_last is None else f"{reward_last:.3f}")
+             result.resumed_from + len(result.history), result.seconds, result.steps, *shown)
     return {
         "rl": {
             "steps": result.steps,

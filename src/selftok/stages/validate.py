@@ -92,7 +92,8 @@ def run(ctx: StageContext) -> Metrics:
         why = [f"{len(result.table_failures)} table-level expectation(s) failed"] if result.table_failures else []
         if result.bad_fraction > params.max_bad_fraction:
             why.append(f"{result.bad_fraction:.2%} of samples bad, over validate.max_bad_fraction {params.max_bad_fraction:.2%}")
-            why += [hint] if (hint := generator_repeats(result, ctx.params.data.source)) else []
+            if hint := generator_repeats(result, ctx.params.data.source):
+                why.append(hint)
         raise DataContractError(
             f"data contract failed: {'; '.join(why)} (report {REPORT}, Data Docs {summary['data_docs']}):\n{summarise(result)}"
         )
