@@ -11,6 +11,14 @@ sampling seeds; choose on `train`, check on `heldout`:
 Each recipe overrides keys of `vlm.sampling` (the seed is the recipe's own plus 0..SEEDS-1). The
 JSON holds one row per recipe, seed and prompt set; the table printed at the end, the mean overall
 per recipe and set.
+
+Two models are compared on the same draws: sweep one, then sweep the other with `--against` the
+first sweep's JSON. Every (recipe, seed, prompt set) both scored is paired, and the gain's mean and
+standard error over the seeds, overall and per category, are printed and written beside OUT as
+OUT.paired.json. One draw moves the overall by about 2 points, so a gain needs several seeds:
+
+    python scripts/sampling_sweep.py --root big --out big.json --seeds 8 --recipe cfg_scale=3 \
+        --against small.json
 """
 
 from __future__ import annotations
@@ -36,6 +44,51 @@ def with_sampling(raw: dict, recipe: str, seed: int) -> Params:
     return reseeded(parse_params(merged(raw, overrides), f"--recipe {recipe}"), seed)
 
 
+def paired_gains(rows: list[dict], baseline: list[dict]) -> list[dict]:
+    """Per recipe and prompt set of ``rows``: the gain over ``baseline`` in points, paired on the
+    sampling seeds both scored (mean and standard error over them; no error from one seed)."""
+    before = {(r["recipe"], r["seed"], r["prompts"]): r for r in baseline}
+    gains = []
+    for recipe, prompts in dict.fromkeys((r["recipe"], r["prompts"]) for r in rows):
+        pairs = [(r, before[recipe, r["seed"], prompts]) for r in rows
+                 if (r["recipe"], r["prompts"]) == (recipe, prompts) and (recipe, r["seed"], prompts) in before]
+        if not pairs:
+            continue
+        diffs = [100 * (new["overall"] - old["overall"]) for new, old in pairs]
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+        per_category = {c: 100 * statistics.fmean(new[c] - old[c] for new, old in pairs) for c in CATEGORIES if c in pairs[0][0]}
+        gains.append({"recipe": recipe, "prompts": prompts, "seeds": sorted(new["seed"] for new, _ in pairs),
+                      "overall": statistics.fmean(new["overall"] for new, _ in pairs),
+                      "against": statistics.fmean(old["overall"] for _, old in pairs),
+                      "gain_points": statistics.fmean(diffs), "gain_se_points": se, "category_gain_points": per_category})
+    return gains
+
+
+def read_sweep(path: Path) -> list[dict]:
+    """Rows of an earlier sweep's JSON; names the file when it is not one."""
+    try:
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list) or not all({"recipe", "seed", "prompts", "overall"} <= set(r) for r in rows):
+            raise ValueError("expected a list of rows with recipe, seed, prompts and overall")
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: --against {path}: not a sweep's JSON ({error})") from None
+    return rows
+
+
+def report_gains(gains: list[dict], out: Path, against: Path) -> None:
+    """The paired table on stdout and in ``out``; no shared (recipe, seed, prompt set) is an error."""
+    if not gains:
+        raise SystemExit(f"error: --against {against}: no recipe, seed and prompt set in common with this sweep")
+    out.write_text(json.dumps(gains, indent=1) + "\n")
+    print(f"\n| recipe | prompts | seeds | this | {against.name} | gain (points) | {' | '.join(CATEGORIES)} |")
+    print("|---" * (6 + len(CATEGORIES)) + "|")
+    for g in gains:
+        se = "" if g["gain_se_points"] is None else f" ± {g['gain_se_points']:.1f}"
+        cells = " | ".join(f"{g['category_gain_points'][c]:+.1f}" if c in g["category_gain_points"] else "-" for c in CATEGORIES)
+        print(f"| {g['recipe']} | {g['prompts']} | {len(g['seeds'])} | {g['overall']:.3f} | {g['against']:.3f} | "
+              f"{g['gain_points']:+.1f}{se} | {cells} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("."), help="project with models/vlm, its tokenizer and evaluator")
@@ -44,7 +97,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="sampling seeds per recipe")
     ap.add_argument("--out", type=Path, required=True, help="JSON file of the scores")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--against", type=Path, help="an earlier sweep's JSON (another model): print paired gains over it")
     args = ap.parse_args()
+    baseline = read_sweep(args.against) if args.against else None
     if args.threads:
         torch.set_num_threads(args.threads)
     root = args.root.resolve()
@@ -66,6 +121,8 @@ def main() -> None:
     for recipe in recipes:
         means = [statistics.fmean(r["overall"] for r in rows if r["recipe"] == recipe and r["prompts"] == p) for p in PROMPT_SETS]
         print(f"| {recipe} | {' | '.join(f'{m:.3f}' for m in means)} |")
+    if baseline is not None:
+        report_gains(paired_gains(rows, baseline), args.out.with_suffix(".paired.json"), args.against)
 
 
 if __name__ == "__main__":
