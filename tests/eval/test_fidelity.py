@@ -5,7 +5,13 @@ import torch
 from scene_fixtures import OracleEvaluator, scene_set
 
 from selftok.eval.evaluator import EvaluatorConfig, SceneEvaluator, objects_from_metadata
-from selftok.eval.fidelity import evaluator_fidelity, frechet_distance, frechet_evaluator_distance, reconstruction_agreement
+from selftok.eval.fidelity import (
+    evaluator_fidelity,
+    frechet_distance,
+    frechet_evaluator_distance,
+    reconstruction_agreement,
+    shape_agreement_by_shape,
+)
 
 
 def test_frechet_distance_matches_closed_forms() -> None:
@@ -52,3 +58,24 @@ def test_reconstruction_agreement_separates_shape_from_colour() -> None:
     scores = reconstruction_agreement(oracle, data.images, fakes)  # type: ignore[arg-type]
     assert scores == {"evaluator_fidelity": 0.0, "position_agreement": 1.0, "shape_agreement": 0.0, "color_agreement": 1.0}
     assert reconstruction_agreement(oracle, data.images, data.images)["shape_agreement"] == 1.0  # type: ignore[arg-type]
+
+
+def test_shape_agreement_splits_by_the_original_shape() -> None:
+    """Stars drawn as pentagons (here: as circles) cost stars their agreement and no other shape."""
+    data = scene_set("val", 24)
+    truths = [objects_from_metadata(m) for m in data.metadata]
+    blunt = [[dataclasses.replace(o, shape="circle") if o.shape == "star" else o for o in objects] for objects in truths]
+    fakes = 255 - data.images
+    oracle = OracleEvaluator()
+    oracle.learn(data.images, truths)
+    oracle.learn(fakes, blunt)
+    by_shape = shape_agreement_by_shape(oracle, data.images, fakes)  # type: ignore[arg-type]
+    drawn = {o.shape for objects in truths for o in objects}
+    assert "star" in drawn and set(by_shape) == drawn
+    assert by_shape == {shape: 0.0 if shape == "star" else 1.0 for shape in drawn}
+    stars = sum(o.shape == "star" for objects in truths for o in objects)
+    objects = sum(len(objects) for objects in truths)
+    overall = reconstruction_agreement(oracle, data.images, fakes)["shape_agreement"]  # type: ignore[arg-type]
+    assert overall == pytest.approx(1 - stars / objects)
+    with pytest.raises(ValueError, match="differ"):
+        shape_agreement_by_shape(oracle, data.images, fakes[:3])  # type: ignore[arg-type]

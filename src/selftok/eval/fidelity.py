@@ -8,10 +8,13 @@ original: same objects, shapes, colours and places, as the evaluator reads them.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
-from selftok.eval.evaluator import SceneEvaluator, accuracy
+from selftok.data.scenes import SHAPES
+from selftok.eval.evaluator import SceneEvaluator, accuracy, match
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
@@ -38,6 +41,13 @@ def frechet_evaluator_distance(evaluator: SceneEvaluator, images_a: torch.Tensor
     return frechet_distance(evaluator.features(images_a), evaluator.features(images_b))
 
 
+def _check_pairs(originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
+    if originals.shape != reconstructions.shape:
+        raise ValueError(f"originals {list(originals.shape)} and reconstructions {list(reconstructions.shape)} differ")
+    if len(originals) == 0:
+        raise ValueError("need at least one image pair")
+
+
 def reconstruction_agreement(
     evaluator: SceneEvaluator, originals: torch.Tensor, reconstructions: torch.Tensor, tolerance: float = 0.1
 ) -> dict[str, float]:
@@ -49,10 +59,7 @@ def reconstruction_agreement(
     - ``position_agreement``, ``shape_agreement``, ``color_agreement``: shares of original
       objects found in place, and found with the same shape / colour. Shape agreement is what
       PSNR hides: a disc where a square was costs a few edge pixels."""
-    if originals.shape != reconstructions.shape:
-        raise ValueError(f"originals {list(originals.shape)} and reconstructions {list(reconstructions.shape)} differ")
-    if len(originals) == 0:
-        raise ValueError("need at least one image pair")
+    _check_pairs(originals, reconstructions)
     scores = accuracy(evaluator.parse(originals), evaluator.parse(reconstructions), tolerance * evaluator.config.image_size)
     return {
         "evaluator_fidelity": scores["scene_accuracy"],
@@ -60,6 +67,24 @@ def reconstruction_agreement(
         "shape_agreement": scores["shape_accuracy"],
         "color_agreement": scores["color_accuracy"],
     }
+
+
+def shape_agreement_by_shape(
+    evaluator: SceneEvaluator, originals: torch.Tensor, reconstructions: torch.Tensor, tolerance: float = 0.1
+) -> dict[str, float]:
+    """Shape agreement split by the original object's shape (matched as in
+    ``reconstruction_agreement``): which outlines the tokens lose. A star drawn as a pentagon
+    counts against stars only; shapes absent from the originals are left out."""
+    _check_pairs(originals, reconstructions)
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    radius = tolerance * evaluator.config.image_size
+    for truth, parsed in zip(evaluator.parse(originals), evaluator.parse(reconstructions), strict=True):
+        partner = dict(match(truth, parsed, radius))
+        for i, obj in enumerate(truth):
+            totals[obj.shape] += 1
+            hits[obj.shape] += i in partner and parsed[partner[i]].shape == obj.shape
+    return {shape: hits[shape] / totals[shape] for shape in SHAPES if totals[shape]}
 
 
 def evaluator_fidelity(
