@@ -48,15 +48,16 @@ def paired_gains(rows: list[dict], baseline: list[dict]) -> list[dict]:
     """Per recipe and prompt set of ``rows``: the gain over ``baseline`` in points, paired on the
     sampling seeds both scored (mean and standard error over them; no error from one seed)."""
     before = {(r["recipe"], r["seed"], r["prompts"]): r for r in baseline}
+    groups: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    for r in rows:
+        if (old := before.get((r["recipe"], r["seed"], r["prompts"]))) is not None:
+            groups.setdefault((r["recipe"], r["prompts"]), []).append((r, old))
     gains = []
-    for recipe, prompts in dict.fromkeys((r["recipe"], r["prompts"]) for r in rows):
-        pairs = [(r, before[recipe, r["seed"], prompts]) for r in rows
-                 if (r["recipe"], r["prompts"]) == (recipe, prompts) and (recipe, r["seed"], prompts) in before]
-        if not pairs:
-            continue
+    for (recipe, prompts), pairs in groups.items():
         diffs = [100 * (new["overall"] - old["overall"]) for new, old in pairs]
         se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
-        per_category = {c: 100 * statistics.fmean(new[c] - old[c] for new, old in pairs) for c in CATEGORIES if c in pairs[0][0]}
+        per_category = {c: 100 * statistics.fmean(new[c] - old[c] for new, old in pairs) for c in CATEGORIES
+                        if all(c in new and c in old for new, old in pairs)}
         gains.append({"recipe": recipe, "prompts": prompts, "seeds": sorted(new["seed"] for new, _ in pairs),
                       "overall": statistics.fmean(new["overall"] for new, _ in pairs),
                       "against": statistics.fmean(old["overall"] for _, old in pairs),
@@ -75,10 +76,14 @@ def read_sweep(path: Path) -> list[dict]:
     return rows
 
 
+def nothing_in_common(against: Path) -> SystemExit:
+    return SystemExit(f"error: --against {against}: no recipe, seed and prompt set in common with this sweep")
+
+
 def report_gains(gains: list[dict], out: Path, against: Path) -> None:
     """The paired table on stdout and in ``out``; no shared (recipe, seed, prompt set) is an error."""
     if not gains:
-        raise SystemExit(f"error: --against {against}: no recipe, seed and prompt set in common with this sweep")
+        raise nothing_in_common(against)
     out.write_text(json.dumps(gains, indent=1) + "\n")
     print(f"\n| recipe | prompts | seeds | this | {against.name} | gain (points) | {' | '.join(CATEGORIES)} |")
     print("|---" * (6 + len(CATEGORIES)) + "|")
@@ -108,6 +113,9 @@ def main() -> None:
         recipes = {recipe: [with_sampling(raw, recipe, seed) for seed in range(args.seeds)] for recipe in args.recipe}
     except ConfigError as error:
         raise SystemExit(f"error: {error}") from None
+    planned = {(recipe, seed, prompts) for recipe in recipes for seed in range(args.seeds) for prompts in PROMPT_SETS}
+    if baseline is not None and not planned & {(r["recipe"], r["seed"], r["prompts"]) for r in baseline}:
+        raise nothing_in_common(args.against)  # before any image is drawn
     bench = Benchmark.load(root, next(iter(recipes.values()))[0])
     rows = []
     for recipe, seeded in recipes.items():

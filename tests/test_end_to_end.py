@@ -209,8 +209,14 @@ def test_sampling_sweep_scores_recipes_on_the_evaluate_benchmark(smoke, tmp_path
     assert bad.returncode != 0 and "guidance" in bad.stderr and not out.exists()
 
     cfg = load_params(project / "params.yaml").vlm.sampling.cfg_scale
-    done = subprocess.run([*command, "--seeds", "1", "--recipe", f"cfg_scale={cfg}", "--recipe", "cfg_scale=1,min_p=0"],
-                          check=True, capture_output=True, text=True)
+    against = tmp_path / "other.json"  # another model's sweep: one row in common with the run below
+    against.write_text(json.dumps([{"recipe": f"cfg_scale={cfg}", "seed": 0, "prompts": "heldout", "overall": 0.0}]))
+    unrelated = tmp_path / "unrelated.json"
+    unrelated.write_text(json.dumps([{"recipe": "cfg_scale=9", "seed": 0, "prompts": "heldout", "overall": 0.0}]))
+    apart = subprocess.run([*command, "--recipe", f"cfg_scale={cfg}", "--against", str(unrelated)], capture_output=True, text=True)
+    assert apart.returncode != 0 and "unrelated.json: no recipe, seed and prompt set in common" in apart.stderr and not out.exists()
+    done = subprocess.run([*command, "--seeds", "1", "--recipe", f"cfg_scale={cfg}", "--recipe", "cfg_scale=1,min_p=0",
+                           "--against", str(against)], check=True, capture_output=True, text=True)
     rows = json.loads(out.read_text())
     assert [(r["recipe"], r["prompts"]) for r in rows] == [(f"cfg_scale={cfg}", "train"), (f"cfg_scale={cfg}", "heldout"),
                                                             ("cfg_scale=1,min_p=0", "train"), ("cfg_scale=1,min_p=0", "heldout")]
@@ -218,3 +224,6 @@ def test_sampling_sweep_scores_recipes_on_the_evaluate_benchmark(smoke, tmp_path
     assert rows[1]["overall"] == evaluated["overall"] and rows[1]["overall_se"] == evaluated["overall_se"]  # same images
     assert all(0 <= r["overall_strict"] <= r["overall"] <= 1 for r in rows)
     assert f"| cfg_scale={cfg} | {rows[0]['overall']:.3f} | {rows[1]['overall']:.3f} |" in done.stdout
+    paired = json.loads((tmp_path / "sweep.paired.json").read_text())
+    assert [(g["recipe"], g["prompts"], g["seeds"]) for g in paired] == [(f"cfg_scale={cfg}", "heldout", [0])]
+    assert paired[0]["gain_points"] == pytest.approx(100 * rows[1]["overall"])
