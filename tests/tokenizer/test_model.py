@@ -112,6 +112,24 @@ def test_renderer_starts_as_the_one_step_decoder(tiny_config: TokenizerConfig) -
     assert torch.allclose(renderer(tokens), -v, atol=1e-5)  # x0 = x_t - v at t = 1 with x_t = 0
 
 
+@pytest.mark.parametrize("objective", ["velocity", "x0"])
+def test_pixel_loss_scores_the_autoencoding_samples(tiny_config: TokenizerConfig, objective: str) -> None:
+    """Only the samples at t = 1 get the pixel loss. In pixel space, unweighted, it is their decoder
+    loss: the one-step estimate of x0 against the image, whichever target the decoder predicts."""
+    model = _perturbed_model(dataclasses.replace(tiny_config, objective=objective)).train()
+    images = torch.rand(4, 3, 8, 8) * 2 - 1
+    t, limit = torch.tensor([1.0, 0.5, 1.0, 0.2]), torch.full((4,), tiny_config.num_tokens)
+    noise = torch.randn_like(images)
+    assert model(images, noise, t, limit).pixel is None
+    out = model(images, noise, t, limit, images=images)
+    assert out.pixel is not None and out.pixel.shape == (2,)
+    torch.testing.assert_close(out.pixel, out.loss[t == 1])
+    weighted = model(images, noise, t, limit, images=images, pixel_edge_weight=4.0).pixel
+    assert weighted is not None and not torch.allclose(weighted, out.pixel)
+    out.pixel.sum().backward()
+    assert model.encoder.embed.weight.grad is not None and model.encoder.embed.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("stem", ["linear", "conv", "hybrid"])
 def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_path: Path, stem: str) -> None:
     tiny_config = dataclasses.replace(tiny_config, encoder_stem=stem)
@@ -175,6 +193,11 @@ def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path, monkeypat
     assert torch.allclose(z, expected, atol=1e-5)
     codes = model.encode(images)
     assert model.decode(codes, steps=2).shape == (2, 3, 16, 16)
+    # the pixel loss is on the VAE's decode of the estimate: gradients pass the frozen VAE to the decoder
+    step = model(z, torch.randn_like(z), torch.ones(2), torch.full((2,), config.num_tokens), images=images)
+    step.pixel.sum().backward()
+    assert model.decoder.final.linear.weight.grad is not None
+    assert all(p.grad is None for p in model.space.parameters())
     model.save_pretrained(tmp_path / "tok")
     assert not any("vae" in k for k in __import__("safetensors.torch").torch.load_file(str(tmp_path / "tok" / "model.safetensors")))
     # the folder carries its own copy of the VAE and finds it from any working directory

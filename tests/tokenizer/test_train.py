@@ -66,16 +66,18 @@ def _kill_at(step: int) -> Callbacks:
     return Callbacks(on_log=on_log)
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pixel_weight", [0.0, 1.0])
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path: Path, pixel_weight: float) -> None:
     images = color_images(64)
-    params = tiny_params(steps=5, checkpoint_every=2)
+    params = tiny_params(steps=5, checkpoint_every=2, pixel_weight=pixel_weight)
 
     def fresh() -> SelftokTokenizer:
         torch.manual_seed(0)
         return SelftokTokenizer(params.architecture(8))
 
     reference = fresh()
-    train_tokenizer(reference, images, params, seed=0, checkpoints=tmp_path / "ref")
+    history = train_tokenizer(reference, images, params, seed=0, checkpoints=tmp_path / "ref").history
+    assert ("pixel_loss" in history[-1]) == (pixel_weight > 0)
     with pytest.raises(Killed):
         train_tokenizer(fresh(), images, params, seed=0, checkpoints=tmp_path / "run", callbacks=_kill_at(3))
     assert latest_checkpoint(tmp_path / "run").name == "step_0000002"

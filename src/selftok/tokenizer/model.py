@@ -45,6 +45,7 @@ class StepOutput:
     entropy: torch.Tensor | None
     z: torch.Tensor
     codes: torch.Tensor
+    pixel: torch.Tensor | None = None  # [P] pixel loss of the P autoencoding samples (when images were given)
 
 
 def own_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -132,9 +133,17 @@ class SelftokTokenizer(nn.Module):
         limit: torch.Tensor,
         with_entropy: bool = False,
         edge_weight: float = 0.0,
+        images: torch.Tensor | None = None,
+        pixel_edge_weight: float = 0.0,
     ) -> StepOutput:
         """Training forward on inputs already in the model's space (``self.space.encode(images)``, which
-        the loop may cache): encode, quantise, noise to x_t, decode with the schedule's mask."""
+        the loop may cache): encode, quantise, noise to x_t, decode with the schedule's mask.
+
+        With ``images`` (float [-1, 1]), the samples at t = 1 also get a pixel loss: their one-step
+        estimate of x0 rests on the tokens alone, and decoded through the space it is compared with
+        the image, edge-weighted, as the renderer's is. The idea was that in a VAE space the latent
+        MSE barely tells a diamond from a rounded blob; measured, it cost shapes instead
+        (docs/tokenizer_ablation.md), so the default leaves it off."""
         quant = self.quantizer(self.encoder(x0))
         tt = t.view(-1, 1, 1, 1)
         x_t = tt * noise + (1 - tt) * x0
@@ -144,7 +153,12 @@ class SelftokTokenizer(nn.Module):
         target = noise - x0 if self.config.objective == "velocity" else x0
         entropy = self.quantizer.entropy(quant.z) if with_entropy else None
         loss = pixel_loss(out - target, x0, edge_weight)
-        return StepOutput(loss=loss, commitment=quant.commitment, entropy=entropy, z=quant.z, codes=quant.codes)
+        pixel = None
+        if images is not None:
+            pure = t >= 1.0
+            decoded = self.space.decode(self.clean_estimate(x_t[pure], t[pure], out[pure]))
+            pixel = pixel_loss(decoded - images[pure], images[pure], pixel_edge_weight)
+        return StepOutput(loss=loss, commitment=quant.commitment, entropy=entropy, z=quant.z, codes=quant.codes, pixel=pixel)
 
     # --- inference -----------------------------------------------------------------------
     @torch.no_grad()
@@ -160,6 +174,12 @@ class SelftokTokenizer(nn.Module):
         if prefix is not None and not 0 <= prefix <= k:
             raise ValueError(f"prefix must be in 0..{k}, got {prefix}")
         return torch.full((batch,), k if prefix is None else prefix, dtype=torch.long, device=device)
+
+    def clean_estimate(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's one-step estimate of x0 from its output at (x_t, t)."""
+        if self.config.objective == "x0":
+            return out
+        return x - t.view(-1, 1, 1, 1) * out
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         out = self.decoder(x, t, tokens, visible)

@@ -73,6 +73,8 @@ class TokenizerParams(SizeOverrides, LoopParams):
     image_lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # image stream lr = lr * this (paper ~0.2)
     pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder
     edge_weight: EdgeWeight = 0.0
+    pixel_weight: float = Field(0.0, ge=0.0)  # pixel loss on the t=1 samples' one-step decode (selftok.tokenizer.model)
+    pixel_edge_weight: EdgeWeight = 4.0  # its edge weighting, as the renderer's
     prefix_dropout: Fraction = 0.2  # nested prefix cut (our extension)
     no_token_fraction: Fraction = 0.1  # unconditional samples (enables CFG)
     commitment_weight: float = Field(1.0, ge=0.0)

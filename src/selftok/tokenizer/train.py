@@ -235,10 +235,14 @@ class TokenizerTask:
         limit = sample_limits(b, k, p.prefix_dropout, p.no_token_fraction, generator)
         limit = torch.where(pure, torch.full_like(limit, k), limit)  # autoencoding samples see every token
         noise = torch.randn(model.input_shape(b), generator=generator)
+        images = to_unit(self.images[index]).to(self.device) if p.pixel_weight > 0 else None
         out: StepOutput = wrapped(
-            x, noise.to(self.device), t.to(self.device), limit.to(self.device), p.entropy_weight > 0, p.edge_weight
+            x, noise.to(self.device), t.to(self.device), limit.to(self.device), p.entropy_weight > 0, p.edge_weight,
+            images, p.pixel_edge_weight,
         )
         loss = out.loss.mean() + p.commitment_weight * out.commitment
+        if out.pixel is not None and out.pixel.numel():
+            loss = loss + p.pixel_weight * out.pixel.mean()
         if out.entropy is not None:
             loss = loss - p.entropy_weight * out.entropy
         return loss, out
@@ -251,6 +255,8 @@ class TokenizerTask:
         }
         if aux.entropy is not None:
             logs["entropy"] = float(aux.entropy.detach())
+        if aux.pixel is not None and aux.pixel.numel():
+            logs["pixel_loss"] = float(aux.pixel.detach().mean())
         return logs
 
 
