@@ -9,6 +9,8 @@ pixels count (weights renormalised to mean 1 per image, so the loss keeps its sc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -29,3 +31,11 @@ def pixel_loss(error: torch.Tensor, target: torch.Tensor, edge_weight: float) ->
         weight = 1.0 + edge_weight * edge_map(target)
         squared = squared * (weight / weight.mean(dim=(1, 2, 3), keepdim=True))
     return squared.flatten(1).mean(1)
+
+
+def decoded_pixel_loss(
+    decode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, images: torch.Tensor, edge_weight: float
+) -> torch.Tensor:
+    """``pixel_loss`` of ``decode(x)`` (an input space's decoder) against ``images``: how the
+    renderer, and the tokenizer's optional pixel term, are scored on pixels from latents."""
+    return pixel_loss(decode(x) - images, images, edge_weight)

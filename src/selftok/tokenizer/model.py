@@ -25,7 +25,7 @@ from selftok.data.dataset import to_uint8, to_unit
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.decoder import MMDiT
 from selftok.tokenizer.encoder import Encoder
-from selftok.tokenizer.loss import pixel_loss
+from selftok.tokenizer.loss import decoded_pixel_loss, pixel_loss
 from selftok.tokenizer.quantizer import Quantizer
 from selftok.tokenizer.renderer import Renderer
 from selftok.tokenizer.sampler import euler_decode
@@ -45,7 +45,7 @@ class StepOutput:
     entropy: torch.Tensor | None
     z: torch.Tensor
     codes: torch.Tensor
-    pixel: torch.Tensor | None = None  # [P] pixel loss of the P autoencoding samples (when images were given)
+    pixel: torch.Tensor | None = None  # [P] pixel loss of the P >= 1 samples at t = 1 (None without images or such samples)
 
 
 def own_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -153,11 +153,10 @@ class SelftokTokenizer(nn.Module):
         target = noise - x0 if self.config.objective == "velocity" else x0
         entropy = self.quantizer.entropy(quant.z) if with_entropy else None
         loss = pixel_loss(out - target, x0, edge_weight)
-        pixel = None
-        if images is not None:
-            pure = t >= 1.0
-            decoded = self.space.decode(self.clean_estimate(x_t[pure], t[pure], out[pure]))
-            pixel = pixel_loss(decoded - images[pure], images[pure], pixel_edge_weight)
+        pixel, pure = None, t >= 1.0
+        if images is not None and bool(pure.any()):
+            estimate = self.clean_estimate(x_t[pure], t[pure], out[pure])
+            pixel = decoded_pixel_loss(self.space.decode, estimate, images[pure], pixel_edge_weight)
         return StepOutput(loss=loss, commitment=quant.commitment, entropy=entropy, z=quant.z, codes=quant.codes, pixel=pixel)
 
     # --- inference -----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from selftok.data.dataset import to_unit
 from selftok.schema import LRDecay
 from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from selftok.tokenizer.loss import pixel_loss
+from selftok.tokenizer.loss import decoded_pixel_loss
 from selftok.tokenizer.model import SelftokTokenizer, StepOutput, own_state
 from selftok.tokenizer.params import LoopParams, RendererParams, TokenizerParams
 from selftok.tokenizer.renderer import Renderer
@@ -241,7 +241,7 @@ class TokenizerTask:
             images, p.pixel_edge_weight,
         )
         loss = out.loss.mean() + p.commitment_weight * out.commitment
-        if out.pixel is not None and out.pixel.numel():
+        if out.pixel is not None:
             loss = loss + p.pixel_weight * out.pixel.mean()
         if out.entropy is not None:
             loss = loss - p.entropy_weight * out.entropy
@@ -255,7 +255,7 @@ class TokenizerTask:
         }
         if aux.entropy is not None:
             logs["entropy"] = float(aux.entropy.detach())
-        if aux.pixel is not None and aux.pixel.numel():
+        if aux.pixel is not None:
             logs["pixel_loss"] = float(aux.pixel.detach().mean())
         return logs
 
@@ -285,7 +285,7 @@ class RenderObjective(nn.Module):
         self.edge_weight = edge_weight
 
     def forward(self, tokens: torch.Tensor, visible: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return pixel_loss(self.space.decode(self.renderer(tokens, visible)) - images, images, self.edge_weight)
+        return decoded_pixel_loss(self.space.decode, self.renderer(tokens, visible), images, self.edge_weight)
 
 
 class RendererTask:
