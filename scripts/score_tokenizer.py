@@ -1,8 +1,8 @@
 """Score a project's trained tokenizer and renderer the way the ablation rows are scored: on the
 ablation's 128 val scenes (or ``--val-images`` of them), PSNR / SSIM (diffusion, one-step,
 renderer, prefixes), codes in use, and the scene evaluator's shape / colour / place agreement
-with the originals. This is how a
-full pipeline run is put beside the short ablation runs (docs/tokenizer_ablation.md). Example:
+with the originals. This is how a full pipeline run is put beside the short ablation runs
+(docs/tokenizer_ablation.md). Example:
 
     python scripts/score_tokenizer.py --root . --threads 2
 
@@ -21,19 +21,15 @@ import torch
 from rl_seeds import Benchmark
 from tokenizer_ablation import agreement, scenes
 
-from selftok.config import PARAMS_FILE, ConfigError, load_params
+from selftok.config import PARAMS_FILE, ConfigError, Params, load_params
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.stages.arms import SELFTOK
 from selftok.stages.rl_finetune import EVALUATOR
 from selftok.tokenizer.metrics import evaluate_renderer, evaluate_tokenizer
 
 
-def ceiling(root: Path) -> dict[str, float]:
+def ceiling(root: Path, params: Params) -> dict[str, float]:
     """The data ceiling per prompt set and category (``data_ceiling_<set>_<key>``)."""
-    try:
-        params = load_params(root / PARAMS_FILE)
-    except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None
     bench = Benchmark.load(root, params)
     return {f"data_ceiling_{name}_{k}": v for name in bench.sets for k, v in bench.reference(name)["data_ceiling"].items()}
 
@@ -46,6 +42,12 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=128, help="val scenes to score (128: the ablation rows; 512 quarters their variance)")
     ap.add_argument("--ceiling", action="store_true", help="add the generation benchmark's data ceiling on these tokens")
     args = ap.parse_args()
+    if args.val_images < 1:
+        ap.error(f"--val-images must be at least 1, got {args.val_images}")
+    try:  # a malformed params file fails here, before minutes of scoring
+        params = load_params(args.root / PARAMS_FILE) if args.ceiling else None
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -54,8 +56,8 @@ def main() -> None:
     steps = 20  # the ablation's diffusion decode (prefixes: 10)
     row = evaluate_tokenizer(model, val, steps, 10) | evaluate_renderer(model, val)
     row |= agreement(model, SceneEvaluator.load(args.root / EVALUATOR), val, steps)
-    if args.ceiling:
-        row |= ceiling(args.root)
+    if params is not None:
+        row |= ceiling(args.root, params)
     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, dict | list)}, indent=1))
 
 
