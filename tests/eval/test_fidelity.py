@@ -1,4 +1,5 @@
 import dataclasses
+from collections import Counter
 
 import pytest
 import torch
@@ -6,11 +7,13 @@ from scene_fixtures import OracleEvaluator, scene_set
 
 from selftok.eval.evaluator import EvaluatorConfig, SceneEvaluator, objects_from_metadata
 from selftok.eval.fidelity import (
+    MISSING,
     evaluator_fidelity,
     frechet_distance,
     frechet_evaluator_distance,
     reconstruction_agreement,
     shape_agreement_by_shape,
+    shape_confusion,
 )
 
 
@@ -79,3 +82,26 @@ def test_shape_agreement_splits_by_the_original_shape() -> None:
     assert overall == pytest.approx(1 - stars / objects)
     with pytest.raises(ValueError, match="differ"):
         shape_agreement_by_shape(oracle, data.images, fakes[:3])  # type: ignore[arg-type]
+
+
+def test_shape_confusion_says_what_each_lost_shape_became() -> None:
+    """Stars redrawn as circles and squares erased: the confusion rows name both, and every
+    other shape is read as itself."""
+    data = scene_set("val", 24)
+    truths = [objects_from_metadata(m) for m in data.metadata]
+    changed = [
+        [dataclasses.replace(o, shape="circle") if o.shape == "star" else o for o in objects if o.shape != "square"]
+        for objects in truths
+    ]
+    fakes = 255 - data.images
+    oracle = OracleEvaluator()
+    oracle.learn(data.images, truths)
+    oracle.learn(fakes, changed)
+    confusion = shape_confusion(oracle, data.images, fakes)  # type: ignore[arg-type]
+    counts = Counter(o.shape for objects in truths for o in objects)
+    assert counts["star"] and counts["square"]
+    assert set(confusion) == set(counts)
+    assert confusion["star"] == Counter({"circle": counts["star"]})
+    assert confusion["square"] == Counter({MISSING: counts["square"]})
+    assert all(confusion[s] == Counter({s: n}) for s, n in counts.items() if s not in ("star", "square"))
+    assert shape_agreement_by_shape(oracle, data.images, fakes)["square"] == 0.0  # type: ignore[arg-type]

@@ -69,22 +69,32 @@ def reconstruction_agreement(
     }
 
 
-def shape_agreement_by_shape(
+MISSING = "missing"  # what shape_confusion calls an original object with no reconstructed partner
+
+
+def shape_confusion(
     evaluator: SceneEvaluator, originals: torch.Tensor, reconstructions: torch.Tensor, tolerance: float = 0.1
-) -> dict[str, float]:
-    """Shape agreement split by the original object's shape (matched as in
-    ``reconstruction_agreement``): which outlines the tokens lose. A star drawn as a pentagon
-    counts against stars only; shapes absent from the originals are left out."""
+) -> dict[str, Counter[str]]:
+    """For each original shape, what the evaluator reads in its place in the reconstruction
+    (matched as in ``reconstruction_agreement``; ``MISSING`` when nothing is there): which
+    outlines the tokens lose, and to what. Shapes absent from the originals are left out."""
     _check_pairs(originals, reconstructions)
-    hits: Counter[str] = Counter()
-    totals: Counter[str] = Counter()
+    confusion: dict[str, Counter[str]] = {}
     radius = tolerance * evaluator.config.image_size
     for truth, parsed in zip(evaluator.parse(originals), evaluator.parse(reconstructions), strict=True):
         partner = dict(match(truth, parsed, radius))
         for i, obj in enumerate(truth):
-            totals[obj.shape] += 1
-            hits[obj.shape] += i in partner and parsed[partner[i]].shape == obj.shape
-    return {shape: hits[shape] / totals[shape] for shape in SHAPES if totals[shape]}
+            confusion.setdefault(obj.shape, Counter())[parsed[partner[i]].shape if i in partner else MISSING] += 1
+    return {shape: confusion[shape] for shape in SHAPES if shape in confusion}
+
+
+def shape_agreement_by_shape(
+    evaluator: SceneEvaluator, originals: torch.Tensor, reconstructions: torch.Tensor, tolerance: float = 0.1
+) -> dict[str, float]:
+    """Shape agreement split by the original object's shape: the diagonal of ``shape_confusion``
+    over its rows. A star drawn as a pentagon counts against stars only."""
+    confusion = shape_confusion(evaluator, originals, reconstructions, tolerance)
+    return {shape: read[shape] / read.total() for shape, read in confusion.items()}
 
 
 def evaluator_fidelity(
