@@ -26,7 +26,7 @@ from selftok.config import parse_overrides
 from selftok.data.dataset import to_uint8, to_unit
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.fidelity import reconstruction_agreement, shape_agreement_by_shape
+from selftok.eval.fidelity import holdout_shape_agreement, reconstruction_agreement, shape_agreement_by_shape
 from selftok.tokenizer.grids import reconstruction_grid
 from selftok.tokenizer.metrics import batched, evaluate_renderer, evaluate_tokenizer
 from selftok.tokenizer.model import SelftokTokenizer
@@ -49,8 +49,9 @@ def scenes(split: str, n: int, size: int, cache: Path) -> torch.Tensor:
 
 @torch.no_grad()
 def agreement(model: SelftokTokenizer, evaluator: SceneEvaluator, val: torch.Tensor, decode_steps: int) -> dict[str, float]:
-    """Evaluator agreement (shape, colour, place, whole scene; shape also per original shape) of
-    the diffusion decode and, when trained, the renderer, against the originals."""
+    """Evaluator agreement (shape, colour, place, whole scene; shape also per original shape, and
+    on the held-out colour-shape pairs apart from the seen ones) of the diffusion decode and,
+    when trained, the renderer, against the originals."""
     model.eval()
     codes = batched(model.encode, to_unit(val), 64)
     decoders = {"diffusion": lambda c: model.decode(c, steps=decode_steps, seed=0)}
@@ -61,6 +62,7 @@ def agreement(model: SelftokTokenizer, evaluator: SceneEvaluator, val: torch.Ten
         recon = to_uint8(batched(decode, codes, 64))
         row |= {f"{name}_{k}": v for k, v in reconstruction_agreement(evaluator, val, recon).items()}
         row |= {f"{name}_shape_agreement_{k}": v for k, v in shape_agreement_by_shape(evaluator, val, recon).items()}
+        row |= {f"{name}_shape_agreement_{k}": v for k, v in holdout_shape_agreement(evaluator, val, recon, HOLDOUT).items()}
     return row
 
 

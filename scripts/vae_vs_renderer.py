@@ -7,23 +7,30 @@ tokenizer's renderer (encode to K codes, render). Prints both PSNRs. Example:
 ``--score N`` also asks the project's scene evaluator, on N val scenes, which shapes survive
 each path and what the lost ones become (as JSON): the VAE alone, the renderer on the codes,
 and the renderer on the encoder's vectors before the codebook (is it the quantiser that loses
-them?), with the renderer's shape agreement split by objects per scene (is it crowding?).
+them?), with the renderer's shape agreement split by objects per scene (is it crowding?). It
+adds two checks of the latent space itself: the VAE's shape agreement under random latent noise
+as large as the renderer's latent error (does any error that size lose shapes?), and what
+redrawing one object as another shape costs in pixel and in latent MSE, beside moving or
+growing it by one pixel (does the tokenizer's latent loss see shape at all?).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
-from tokenizer_ablation import scenes
+from tokenizer_ablation import HOLDOUT, scenes
 
 from selftok.data.dataset import to_uint8, to_unit
+from selftok.data.scenes import SHAPES, SceneConfig, SceneGenerator, render
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.fidelity import reconstruction_agreement, shape_confusion
+from selftok.eval.fidelity import holdout_shape_agreement, reconstruction_agreement, shape_agreement_by_shape, shape_confusion
 from selftok.stages.arms import SELFTOK
 from selftok.stages.rl_finetune import EVALUATOR
 from selftok.tokenizer.metrics import batched, psnr_8bit
@@ -54,9 +61,56 @@ def shape_report(evaluator: SceneEvaluator, originals: torch.Tensor, recon: torc
     """Overall shape agreement, then per original shape its agreement and what it was read as."""
     confusion = shape_confusion(evaluator, originals, recon)
     report: dict[str, object] = {"shape_agreement": reconstruction_agreement(evaluator, originals, recon)["shape_agreement"]}
+    report |= {f"shape_agreement_{k}": v for k, v in holdout_shape_agreement(evaluator, originals, recon, HOLDOUT).items()}
     for shape, read in confusion.items():
         report[shape] = {"agreement": read[shape] / read.total(), "objects": read.total(), "read_as": dict(read.most_common())}
     return report
+
+
+@torch.no_grad()
+def latent_noise(model: SelftokTokenizer, evaluator: SceneEvaluator, originals: torch.Tensor) -> dict[str, object]:
+    """The renderer's latent error (RMS, in the tokenizer's scaled latent units) and the VAE's
+    shape agreement by shape when random noise of that order is added to the true latents."""
+    x = to_unit(originals)
+    latents = batched(model.space.encode, x, 64)
+    codes = batched(model.encode, x, 64)
+    assert model.renderer is not None
+    every = torch.ones(len(codes), model.config.num_tokens, dtype=torch.bool)
+    rendered = torch.cat([model.renderer(model.tokens(codes[i : i + 64]), every[i : i + 64]) for i in range(0, len(codes), 64)])
+    result: dict[str, object] = {"renderer_latent_rms_error": float((rendered - latents).pow(2).mean().sqrt())}
+    generator = torch.Generator().manual_seed(0)
+    for sigma in (0.1, 0.2, 0.3):
+        noisy = latents + sigma * torch.randn(latents.shape, generator=generator)
+        recon = to_uint8(batched(lambda z: model.space.decode(z).clamp(-1, 1), noisy, 64))
+        result[f"vae_noise_{sigma}"] = shape_agreement_by_shape(evaluator, originals, recon)
+    return result
+
+
+@torch.no_grad()
+def swap_costs(model: SelftokTokenizer, n_scenes: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean pixel and latent MSE of changing one object of a val scene, per original shape: redrawn
+    as each other shape in the same box, moved right by a pixel, or grown by a pixel."""
+    generator = SceneGenerator(SceneConfig(image_size=model.config.image_size, holdout=HOLDOUT), seed=0)
+    pairs: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for i in range(n_scenes):
+        scene = generator.scene("val", i)
+        original = np.asarray(render(scene))
+        for j, obj in enumerate(scene.objects):
+            x0, y0, x1, y1 = obj.box
+            changes = {other: dataclasses.replace(obj, shape=other) for other in SHAPES if other != obj.shape}
+            changes["moved_1px"] = dataclasses.replace(obj, box=(x0 + 1, y0, x1 + 1, y1))
+            changes["grown_1px"] = dataclasses.replace(obj, box=(x0, y0, x1 + 1, y1 + 1))
+            for name, changed in changes.items():
+                objects = [changed if k == j else o for k, o in enumerate(scene.objects)]
+                pairs.setdefault((obj.shape, name), []).append(
+                    (original, np.asarray(render(dataclasses.replace(scene, objects=objects))))
+                )
+    costs: dict[str, dict[str, dict[str, float]]] = {}
+    for (shape, name), images in pairs.items():
+        a, b = (to_unit(torch.from_numpy(np.stack(side)).permute(0, 3, 1, 2)) for side in zip(*images, strict=True))
+        latent = (batched(model.space.encode, a, 64) - batched(model.space.encode, b, 64)).pow(2).mean()
+        costs.setdefault(shape, {})[name] = {"pixel_mse": float((a - b).pow(2).mean()), "latent_mse": float(latent)}
+    return costs
 
 
 @torch.no_grad()
@@ -72,6 +126,8 @@ def score(model: SelftokTokenizer, evaluator: SceneEvaluator, originals: torch.T
             pick = counts == n
             crowding[n] = reconstruction_agreement(evaluator, originals[pick], recon["renderer"][pick])["shape_agreement"]
     result["renderer_by_objects_per_scene"] = crowding
+    result["latent_noise"] = latent_noise(model, evaluator, originals)
+    result["swap_costs"] = swap_costs(model, min(len(originals), 128))
     return result
 
 

@@ -11,6 +11,7 @@ from selftok.eval.fidelity import (
     evaluator_fidelity,
     frechet_distance,
     frechet_evaluator_distance,
+    holdout_shape_agreement,
     reconstruction_agreement,
     shape_agreement_by_shape,
     shape_confusion,
@@ -105,3 +106,22 @@ def test_shape_confusion_says_what_each_lost_shape_became() -> None:
     assert confusion["square"] == Counter({MISSING: counts["square"]})
     assert all(confusion[s] == Counter({s: n}) for s, n in counts.items() if s not in ("star", "square"))
     assert shape_agreement_by_shape(oracle, data.images, fakes)["square"] == 0.0  # type: ignore[arg-type]
+
+
+def test_holdout_agreement_separates_the_held_out_pairs() -> None:
+    """One colour-shape pair redrawn as another shape everywhere: named as held out, it alone
+    scores 0 and every other object 1; not named, it only dilutes the seen pairs."""
+    data = scene_set("val", 24)
+    truths = [objects_from_metadata(m) for m in data.metadata]
+    first = truths[0][0]
+    pair = f"{first.color} {first.shape}"
+    other = "circle" if first.shape != "circle" else "square"
+    lost = [[dataclasses.replace(o, shape=other) if f"{o.color} {o.shape}" == pair else o for o in objects] for objects in truths]
+    fakes = 255 - data.images
+    oracle = OracleEvaluator()
+    oracle.learn(data.images, truths)
+    oracle.learn(fakes, lost)
+    assert holdout_shape_agreement(oracle, data.images, fakes, [pair.upper()]) == {"seen_pairs": 1.0, "heldout_pairs": 0.0}  # type: ignore[arg-type]
+    held = sum(f"{o.color} {o.shape}" == pair for objects in truths for o in objects)
+    total = sum(len(objects) for objects in truths)
+    assert holdout_shape_agreement(oracle, data.images, fakes, []) == {"seen_pairs": pytest.approx(1 - held / total)}  # type: ignore[arg-type]

@@ -9,12 +9,13 @@ original: same objects, shapes, colours and places, as the evaluator reads them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import torch
 
 from selftok.data.scenes import SHAPES
-from selftok.eval.evaluator import SceneEvaluator, accuracy, match
+from selftok.eval.evaluator import ParsedObject, SceneEvaluator, accuracy, match
 
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
@@ -69,23 +70,52 @@ def reconstruction_agreement(
     }
 
 
-MISSING = "missing"  # what shape_confusion calls an original object with no reconstructed partner
+MISSING = "missing"  # the shape read back where a reconstruction has no object in the original's place
+
+
+def read_back(
+    evaluator: SceneEvaluator, originals: torch.Tensor, reconstructions: torch.Tensor, tolerance: float = 0.1
+) -> Iterator[tuple[ParsedObject, str]]:
+    """Each object the evaluator finds in an original, with the shape it reads in its place in the
+    reconstruction (matched as in ``reconstruction_agreement``; ``MISSING`` when nothing is there)."""
+    _check_pairs(originals, reconstructions)
+    radius = tolerance * evaluator.config.image_size
+    for truth, parsed in zip(evaluator.parse(originals), evaluator.parse(reconstructions), strict=True):
+        partner = dict(match(truth, parsed, radius))
+        for i, obj in enumerate(truth):
+            yield obj, parsed[partner[i]].shape if i in partner else MISSING
 
 
 def shape_confusion(
     evaluator: SceneEvaluator, originals: torch.Tensor, reconstructions: torch.Tensor, tolerance: float = 0.1
 ) -> dict[str, Counter[str]]:
-    """For each original shape, what the evaluator reads in its place in the reconstruction
-    (matched as in ``reconstruction_agreement``; ``MISSING`` when nothing is there): which
-    outlines the tokens lose, and to what. Shapes absent from the originals are left out."""
-    _check_pairs(originals, reconstructions)
+    """For each original shape, what ``read_back`` finds in its place: which outlines the tokens
+    lose, and to what. Shapes absent from the originals are left out."""
     confusion: dict[str, Counter[str]] = {}
-    radius = tolerance * evaluator.config.image_size
-    for truth, parsed in zip(evaluator.parse(originals), evaluator.parse(reconstructions), strict=True):
-        partner = dict(match(truth, parsed, radius))
-        for i, obj in enumerate(truth):
-            confusion.setdefault(obj.shape, Counter())[parsed[partner[i]].shape if i in partner else MISSING] += 1
+    for obj, read in read_back(evaluator, originals, reconstructions, tolerance):
+        confusion.setdefault(obj.shape, Counter())[read] += 1
     return {shape: confusion[shape] for shape in SHAPES if shape in confusion}
+
+
+def holdout_shape_agreement(
+    evaluator: SceneEvaluator,
+    originals: torch.Tensor,
+    reconstructions: torch.Tensor,
+    holdout: Collection[str],
+    tolerance: float = 0.1,
+) -> dict[str, float]:
+    """Shape agreement over the original objects whose "colour shape" pair is in ``holdout``
+    (``heldout_pairs``) and over the rest (``seen_pairs``); a group with no objects is left out.
+    Held-out pairs never appear in the train split, so a tokenizer or VAE trained there has never
+    drawn them: this separates what it learned from what it has to generalise to."""
+    held = {pair.lower() for pair in holdout}
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for obj, read in read_back(evaluator, originals, reconstructions, tolerance):
+        group = "heldout_pairs" if f"{obj.color} {obj.shape}" in held else "seen_pairs"
+        totals[group] += 1
+        hits[group] += read == obj.shape
+    return {group: hits[group] / totals[group] for group in ("seen_pairs", "heldout_pairs") if totals[group]}
 
 
 def shape_agreement_by_shape(
