@@ -30,7 +30,14 @@ from tokenizer_ablation import HOLDOUT, scenes
 from selftok.data.dataset import to_uint8, to_unit
 from selftok.data.scenes import SHAPES, SceneConfig, SceneGenerator, render
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.fidelity import holdout_shape_agreement, reconstruction_agreement, shape_agreement_by_shape, shape_confusion
+from selftok.eval.fidelity import (
+    grouped_shape_agreement,
+    holdout_shape_agreement,
+    is_held_out,
+    reconstruction_agreement,
+    shape_agreement_by_shape,
+    shape_confusion,
+)
 from selftok.stages.arms import SELFTOK
 from selftok.stages.rl_finetune import EVALUATOR
 from selftok.tokenizer.metrics import batched, psnr_8bit
@@ -58,12 +65,21 @@ def paths(model: SelftokTokenizer) -> dict[str, ImageFn]:
 
 
 def shape_report(evaluator: SceneEvaluator, originals: torch.Tensor, recon: torch.Tensor) -> dict[str, object]:
-    """Overall shape agreement, then per original shape its agreement and what it was read as."""
-    confusion = shape_confusion(evaluator, originals, recon)
+    """Overall shape agreement, on seen and on held-out colour-shape pairs, then per original
+    shape its agreement (also on its held-out pair alone, where it has one) and what it was read as."""
     report: dict[str, object] = {"shape_agreement": reconstruction_agreement(evaluator, originals, recon)["shape_agreement"]}
     report |= {f"shape_agreement_{k}": v for k, v in holdout_shape_agreement(evaluator, originals, recon, HOLDOUT).items()}
-    for shape, read in confusion.items():
+    held = is_held_out(HOLDOUT)
+    by_pair = grouped_shape_agreement(
+        evaluator, originals, recon, lambda obj: f"{obj.shape} {'heldout' if held(obj) else 'seen'}"
+    )
+    for shape, read in shape_confusion(evaluator, originals, recon).items():
         report[shape] = {"agreement": read[shape] / read.total(), "objects": read.total(), "read_as": dict(read.most_common())}
+        report[shape] |= {
+            f"agreement_{group}_pairs": by_pair[f"{shape} {group}"]
+            for group in ("seen", "heldout")
+            if f"{shape} {group}" in by_pair
+        }
     return report
 
 

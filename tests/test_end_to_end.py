@@ -68,6 +68,9 @@ def test_metrics_contract(smoke) -> None:
     nested = json.loads((project / "metrics" / "evaluate.json").read_text())
     for arm in (nested, nested["control"]["spatial"]):
         assert list(arm["tokenizer"]["prefix_psnr"]) == ["1", "2", "4", "8"]  # smoke K = 8
+        pairs = {k: v for k, v in arm["tokenizer"].items() if k.startswith("shape_agreement_")}
+        assert "shape_agreement_seen_pairs" in pairs and set(pairs) <= {"shape_agreement_seen_pairs", "shape_agreement_heldout_pairs"}
+        assert all(0 <= v <= 1 for v in pairs.values())
         reference, rl = arm["diversity_reference"], arm["generation"]["rl"]["diversity"]
         assert 0 < reference["distinct_codes"] <= 1 and reference["feature_spread"] > 0  # computed from real renders
         assert set(reference) == set(rl)  # measured the same way as the generations it is compared with

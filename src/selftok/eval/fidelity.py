@@ -9,7 +9,7 @@ original: same objects, shapes, colours and places, as the evaluator reads them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import numpy as np
 import torch
@@ -97,6 +97,28 @@ def shape_confusion(
     return {shape: confusion[shape] for shape in SHAPES if shape in confusion}
 
 
+def grouped_shape_agreement(
+    evaluator: SceneEvaluator,
+    originals: torch.Tensor,
+    reconstructions: torch.Tensor,
+    group: Callable[[ParsedObject], str],
+    tolerance: float = 0.1,
+) -> dict[str, float]:
+    """Shape agreement per ``group(original object)``, over the objects ``read_back`` returns."""
+    hits: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    for obj, read in read_back(evaluator, originals, reconstructions, tolerance):
+        totals[group(obj)] += 1
+        hits[group(obj)] += read == obj.shape
+    return {name: hits[name] / totals[name] for name in sorted(totals)}
+
+
+def is_held_out(holdout: Collection[str]) -> Callable[[ParsedObject], bool]:
+    """Whether an object's "colour shape" pair is one of ``holdout`` (case-insensitive)."""
+    held = {pair.lower() for pair in holdout}
+    return lambda obj: f"{obj.color} {obj.shape}" in held
+
+
 def holdout_shape_agreement(
     evaluator: SceneEvaluator,
     originals: torch.Tensor,
@@ -108,14 +130,10 @@ def holdout_shape_agreement(
     (``heldout_pairs``) and over the rest (``seen_pairs``); a group with no objects is left out.
     Held-out pairs never appear in the train split, so a tokenizer or VAE trained there has never
     drawn them: this separates what it learned from what it has to generalise to."""
-    held = {pair.lower() for pair in holdout}
-    hits: Counter[str] = Counter()
-    totals: Counter[str] = Counter()
-    for obj, read in read_back(evaluator, originals, reconstructions, tolerance):
-        group = "heldout_pairs" if f"{obj.color} {obj.shape}" in held else "seen_pairs"
-        totals[group] += 1
-        hits[group] += read == obj.shape
-    return {group: hits[group] / totals[group] for group in ("seen_pairs", "heldout_pairs") if totals[group]}
+    held = is_held_out(holdout)
+    return grouped_shape_agreement(
+        evaluator, originals, reconstructions, lambda obj: "heldout_pairs" if held(obj) else "seen_pairs", tolerance
+    )
 
 
 def shape_agreement_by_shape(

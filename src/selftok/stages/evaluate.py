@@ -29,7 +29,7 @@ from selftok.data.codes import load_codes
 from selftok.data.dataset import ImageSet, load_split, to_uint8
 from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
-from selftok.eval.fidelity import frechet_distance
+from selftok.eval.fidelity import frechet_distance, holdout_shape_agreement
 from selftok.eval.geneval import judge_images, real_renders, summarize_judged
 from selftok.eval.reconstruction import reconstruction_table, row
 from selftok.eval.report import IMAGES, REPORTS, build_report
@@ -159,6 +159,11 @@ def score_arm(
     strip = torch.cat([val.images[:8]] + [to_uint8(recon[f"renderer/{k}"][:8]) for k in sorted({r["k"] for r in table})])
     image_grid(strip, columns=8, scale=3).save(images_dir / f"reconstruction_by_prefix{arm.suffix}.png")
 
+    # Held-out colour-shape pairs are missing from the tokenizer's training images too: apart, so
+    # that a tokenizer that cannot draw them is not mistaken for a VLM that cannot compose them.
+    rendered = to_uint8(recon[f"renderer/{k_all}"])
+    held = holdout_shape_agreement(evaluator, val.images, rendered, ctx.params.data.scenes.holdout)
+    pairs = {f"shape_agreement_{group}": value for group, value in held.items()}
     decode = render_fn(tokenizer)  # the tokenizer loaded above, with its renderer
     n = sampling.samples_per_prompt
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
@@ -176,7 +181,7 @@ def score_arm(
                                 codes.metadata[:n_caption], codes.captions[:n_caption], sampling)
     pretrained = entropy["pretrained"]
     metrics: Metrics = {
-        "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size),
+        "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size) | pairs,
         "generation": gen,
         "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]}
         | {"overall_se": math.hypot(gen["rl"]["overall_se"], gen["pretrained"]["overall_se"])},  # two independent draws
