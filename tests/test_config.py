@@ -48,6 +48,7 @@ def test_bad_values_name_their_key(edit, key: str, fragment: str) -> None:
     message = str(caught.value)
     assert f"  {key}: " in message, message
     assert fragment in message
+    assert "'seed'" not in message, "a section-level error must not dump the whole file"
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -180,7 +180,9 @@ def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: {error.error_count()} invalid value(s)"]
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        got = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
+        # A section-level check's input is the whole section (or file): its message names the values.
+        quiet = item["type"] == "missing" or isinstance(item.get("input"), dict)
+        got = "" if quiet else f" (got {item.get('input')!r})"
         lines.append(f"  {key}: {item['msg']}{got}")
     return "\n".join(lines)
 
