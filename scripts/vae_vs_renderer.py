@@ -131,7 +131,8 @@ def swap_costs(model: SelftokTokenizer, n_scenes: int) -> dict[str, dict[str, di
 
 @torch.no_grad()
 def score(model: SelftokTokenizer, evaluator: SceneEvaluator, originals: torch.Tensor) -> dict[str, object]:
-    """``shape_report`` per path, and the renderer's shape agreement by objects per scene."""
+    """``shape_report`` per path, the renderer's shape agreement by objects per scene, the mean
+    cosine between the encoder's vectors and their codes, ``latent_noise`` and ``swap_costs``."""
     x = to_unit(originals)
     recon = {name: to_uint8(batched(fn, x, 64)) for name, fn in paths(model).items()}
     result: dict[str, object] = {name: shape_report(evaluator, originals, images) for name, images in recon.items()}
@@ -142,6 +143,9 @@ def score(model: SelftokTokenizer, evaluator: SceneEvaluator, originals: torch.T
             pick = counts == n
             crowding[n] = reconstruction_agreement(evaluator, originals[pick], recon["renderer"][pick])["shape_agreement"]
     result["renderer_by_objects_per_scene"] = crowding
+    quantizer = model.quantizer
+    vectors = batched(lambda v: quantizer.project(model.encoder(model.space.encode(v))), x, 64)
+    result["code_cosine"] = float((vectors * quantizer.lookup(quantizer.nearest(vectors))).sum(-1).mean())  # vector vs its code
     result["latent_noise"] = latent_noise(model, evaluator, originals)
     result["swap_costs"] = swap_costs(model, min(len(originals), 128))
     return result
