@@ -37,6 +37,7 @@ class ScenesSource(StrictModel):
     seed: int = 0  # generator seed: a new value is new data (see flows/retrain.py)
     n_train: int = Field(4000, ge=1)
     n_val: int = Field(256, ge=1)
+    n_images: int = Field(0, ge=0)  # image-only scenes for the image models, drawn from every colour-shape pair
     min_objects: int = Field(1, ge=1, le=4)
     max_objects: int = Field(4, ge=1, le=4)
     object_size: tuple[Fraction, Fraction] = (0.3, 0.42)
@@ -68,6 +69,7 @@ class ShardsSource(StrictModel):
 
     train: list[str] = Field(default_factory=list)
     val: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)  # image-only: read by the image models, never by the VLM
 
 
 class DataParams(StrictModel):

@@ -58,11 +58,13 @@ def test_objects_do_not_overlap_and_fit(generator: SceneGenerator) -> None:
                 assert a.box[2] <= b.box[0] or b.box[2] <= a.box[0] or a.box[3] <= b.box[1] or b.box[3] <= a.box[1]
 
 
-def test_holdout_pairs_never_in_train_but_in_eval(generator: SceneGenerator) -> None:
-    train_pairs = {f"{o.color} {o.shape}" for i in range(1500) for o in generator.scene("train", i).objects}
-    assert not train_pairs & set(HOLDOUT)
-    eval_pairs = {f"{o.color} {o.shape}" for i in range(1500) for o in generator.scene("eval", i).objects}
-    assert set(HOLDOUT) <= eval_pairs
+def test_holdout_pairs_never_in_train_but_in_eval_and_the_image_only_split(generator: SceneGenerator) -> None:
+    def pairs(split: str) -> set[str]:
+        return {f"{o.color} {o.shape}" for i in range(1500) for o in generator.scene(split, i).objects}  # type: ignore[arg-type]
+
+    assert not pairs("train") & set(HOLDOUT)
+    assert set(HOLDOUT) <= pairs("eval") and set(HOLDOUT) <= pairs("images")
+    assert generator.scene("images", 0) != generator.scene("train", 0)  # a split of its own draws
 
 
 def test_all_categories_are_drawn(generator: SceneGenerator) -> None:

@@ -122,7 +122,9 @@ def test_truncated_shard_is_named_and_only_its_samples_quarantined(bad_result: V
 def test_no_good_sample_is_lost(bad_result: ValidationResult) -> None:
     assert list(bad_result.accepted["key"]) == GOOD
     assert bad_result.n_checked == 26 and bad_result.n_quarantined == 18
-    assert bad_result.split_counts == {"train": {"checked": 22, "accepted": 4}, "val": {"checked": 4, "accepted": 4}}
+    assert bad_result.split_counts == {
+        "train": {"checked": 22, "accepted": 4}, "val": {"checked": 4, "accepted": 4}, "images": {"checked": 0, "accepted": 0}
+    }
     assert bad_result.table_failures == []
 
 
@@ -187,6 +189,19 @@ def test_table_failure_stops_clean_data_and_data_docs_land_in_the_project(tmp_pa
     assert (tmp_path / report["data_docs"]).is_file()
     pages = list((tmp_path / "data/validation/gx/uncommitted/data_docs/local_site/validations").rglob("*.html"))
     assert len(pages) == 1 and "mean must be greater than or equal to 0.3" in page_text(pages[0])
+
+
+def test_image_only_copies_never_displace_captioned_samples_nor_count_as_val(tmp_path: Path) -> None:
+    """"images-..." keys sort before "train-...", yet the train sample keeps its place; and the val
+    fraction is of train + val (2 of 10 here, not 2 of 22)."""
+    train = [scene_sample("train", i) for i in range(8)]
+    images = [scene_sample("images", i) for i in range(11)] + [train[3] | {"__key__": "images-0000011"}]
+    write_project(tmp_path, {"train": train, "val": [scene_sample("val", i) for i in range(2)], "images": images})
+    metrics = stage.run(stage_ctx(tmp_path, [], val_fraction=[0.15, 0.5], max_bad_fraction=0.1))
+    assert metrics["splits"]["images"] == {"checked": 12, "accepted": 11}
+    (entry,) = (json.loads(line) for line in (tmp_path / stage.QUARANTINE).read_text().splitlines())
+    assert entry["key"] == "images-0000011" and entry["reasons"][0]["message"] == "duplicate of train-0000003"
+    assert metrics["val_fraction"] == pytest.approx(0.2)
 
 
 def test_quarantine_names_the_source_file_of_folder_samples() -> None:

@@ -25,6 +25,7 @@ def test_ingest_is_byte_identical_and_manifest_matches(project: Path, tmp_path: 
     first = {p.relative_to(project): p.read_bytes() for p in shards}
     manifest = pd.read_parquet(project / "data" / "shards" / "manifest.parquet")
     assert metrics["n_train"] == (manifest["split"] == "train").sum() == 160
+    assert metrics["n_images"] == (manifest["split"] == "images").sum() == 32
     assert set(manifest.columns) >= {"key", "split", "shard", "width", "height", "mode", "caption", "sha256", "metadata"}
     assert manifest["key"].is_unique and (manifest["width"] == 16).all() and (manifest["mode"] == "RGB").all()
     assert all(json.loads(m)["prompt"]["prompt"] == c for m, c in zip(manifest["metadata"], manifest["caption"], strict=True))

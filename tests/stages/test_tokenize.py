@@ -6,15 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from selftok.data.codes import codes_from_bytes
-from selftok.data.dataset import to_unit
+from selftok.data.dataset import ACCEPTED_MANIFEST, to_unit
 from selftok.data.retokenize import ShardJob, run_jobs
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.data.shards import ShardError, read_samples, write_shards
+from selftok.stages.tokenize import plan
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.model import SelftokTokenizer
 
@@ -93,3 +95,14 @@ def test_truncated_shard_is_named_and_others_kept(jobs: list[ShardJob], tmp_path
         run_jobs(jobs, load, batch_size=5, workers=1)
     assert {j.target: j.target.read_bytes() for j in jobs[:2]} == kept
     assert not jobs[2].target.exists()
+
+
+def test_plan_encodes_the_captioned_splits_only(tmp_path: Path) -> None:
+    """The image-only split trains the image models; as codes it would have no reader."""
+    rows = [{"key": f"{split}-{i:07d}", "split": split, "shard": f"data/shards/{split}/shard-000000.tar"}
+            for split in ("images", "train", "val") for i in range(2)]
+    (tmp_path / ACCEPTED_MANIFEST).parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(tmp_path / ACCEPTED_MANIFEST, index=False)
+    jobs = plan(tmp_path, "digest", Path("codes"))
+    assert [job.target.relative_to(tmp_path).as_posix() for job in jobs] == ["codes/train/shard-000000.tar", "codes/val/shard-000000.tar"]
+    assert jobs[0].keys == ("train-0000000", "train-0000001")

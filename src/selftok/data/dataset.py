@@ -20,6 +20,10 @@ from PIL import Image
 from selftok.data.shards import read_samples
 
 ACCEPTED_MANIFEST = Path("data/accepted/manifest.parquet")
+# What the image models (VAE, tokenizers, renderer) train on: train and the image-only split,
+# which may hold the held-out colour-shape pairs because the VLM never reads it.
+IMAGE_TRAINING = ("train", "images")
+CAPTIONED = ("train", "val")  # what the VLM reads (as codes and captions)
 
 
 @dataclass
@@ -45,10 +49,11 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def load_split(root: Path, split: str, limit: int | None = None) -> ImageSet:
-    """All accepted samples of a split, decoded into memory (fine up to ~1e5 small images)."""
+def load_split(root: Path, split: str | tuple[str, ...], limit: int | None = None) -> ImageSet:
+    """All accepted samples of a split (or of several, e.g. ``IMAGE_TRAINING``), decoded into
+    memory (fine up to ~1e5 small images), in manifest (key) order."""
     manifest = accepted_manifest(root)
-    rows = manifest[manifest["split"] == split]
+    rows = manifest[manifest["split"].isin([split] if isinstance(split, str) else split)]
     if limit is not None:
         rows = rows.iloc[:limit]
     if rows.empty:

@@ -8,7 +8,9 @@ image by construction.
 
 Every sample draws from its own generator seeded by (seed, split, index), so a sample does not
 depend on how many were made before it, and generation can run in any order or in parallel.
-Colour-shape combinations listed in ``holdout`` never appear in the train split.
+Colour-shape combinations listed in ``holdout`` never appear in the train split; the
+image-only ``images`` split draws every pair, so the image models can learn to draw them while
+the VLM never reads a caption or a code of one.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ CATEGORIES: tuple[str, ...] = (
 )
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
-SPLIT_IDS = {"train": 0, "val": 1, "eval": 2}
+SPLIT_IDS = {"train": 0, "val": 1, "eval": 2, "images": 3}
 SUPERSAMPLE = 4
 
-Split = Literal["train", "val", "eval"]
+Split = Literal["train", "val", "eval", "images"]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from selftok.data.shards import read_samples
 
 Sample = dict[str, Any]
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "images")  # images: image-only, read by the image models alone
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -71,7 +71,7 @@ def scene_samples(params: DataParams, split: str, exclude: frozenset[str] = froz
         ),
         seed=cfg.seed,
     )
-    for index in range(cfg.n_train if split == "train" else cfg.n_val):
+    for index in range(getattr(cfg, f"n_{split}")):
         scene = generator.scene(split, index, exclude)  # type: ignore[arg-type]
         yield {
             "__key__": f"{split}-{index:07d}",

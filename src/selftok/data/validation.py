@@ -39,9 +39,9 @@ from PIL import Image
 from selftok.config import DataParams, ValidateParams
 from selftok.data.scenes import BACKGROUNDS, CATEGORIES, COLORS, RELATIONS, SHAPES
 from selftok.data.shards import ShardError, pickle_members, read_samples
+from selftok.data.sources import SPLITS
 from selftok.stages.base import StageError
 
-SPLITS = ("train", "val")
 MANIFEST_COLUMNS = ("key", "split", "shard", "sha256")
 GX_PROJECT = "gx"
 SUITE_NAME = "shard_manifest"
@@ -236,13 +236,17 @@ def collect_facts(manifest: pd.DataFrame, root: Path) -> tuple[pd.DataFrame, dic
         else:
             rows.append(base | {"in_shard": False} | by_shard[shard].get(key, {}))
     facts = pd.DataFrame(rows).reindex(columns=FACT_COLUMNS)
-    # First occurrence (manifest order) of an image is kept; later copies name it.
-    has_image = facts["sha256"].notna()
-    repeat = facts["sha256"].duplicated(keep="first") & has_image
-    first_key = facts[has_image & ~repeat].set_index("sha256")["key"]
-    duplicate_of = facts["sha256"].where(repeat).map(first_key)
+    # The first occurrence of an image is kept, in split order (train, val, images) and then manifest
+    # order; later copies name it. So image-only copies never displace a captioned sample.
+    rank = facts["split"].map({split: i for i, split in enumerate(SPLITS)}).fillna(len(SPLITS))
+    ordered = facts.assign(rank=rank).sort_values("rank", kind="stable")
+    has_image = ordered["sha256"].notna()
+    repeat = ordered["sha256"].duplicated(keep="first") & has_image
+    first_key = ordered[has_image & ~repeat].set_index("sha256")["key"]
+    duplicate_of = ordered["sha256"].where(repeat).map(first_key).reindex(facts.index)
     facts["duplicate_of"] = duplicate_of.where(duplicate_of != facts["key"])  # a key listed twice is not a copy
-    facts["is_val"] = (facts["split"] == "val").astype(float)
+    # The val fraction is of the captioned data: image-only samples are no share of it (NaN is skipped).
+    facts["is_val"] = (facts["split"] == "val").astype(float).where(facts["split"] != "images")
     return facts, shard_errors
 
 

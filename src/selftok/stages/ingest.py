@@ -1,4 +1,9 @@
-"""Stage `ingest`: source -> data/shards/{train,val}/shard-%06d.tar + data/shards/manifest.parquet."""
+"""Stage `ingest`: source -> data/shards/{train,val,images}/shard-%06d.tar + data/shards/manifest.parquet.
+
+``images`` is the image-only split (``data.scenes.n_images`` or ``data.shards.images``): images the
+VAE and tokenizers train on besides train, allowed to hold the held-out colour-shape pairs because
+no caption or code of theirs ever reaches the VLM. A folder source has none.
+"""
 
 from __future__ import annotations
 
@@ -99,6 +104,7 @@ def run(ctx: StageContext) -> Metrics:
     return {
         "n_train": int(counts.get("train", 0)),
         "n_val": int(counts.get("val", 0)),
+        "n_images": int(counts.get("images", 0)),
         "n_shards": int(manifest["shard"].nunique()),
         "categories": dict(sorted(categories.items())),
     }

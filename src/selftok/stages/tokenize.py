@@ -23,7 +23,7 @@ from rich.progress import Progress
 
 from selftok.data.code_checks import validate_codes
 from selftok.data.codes import CODES_MANIFEST, load_codes
-from selftok.data.dataset import accepted_manifest, load_split, to_uint8, to_unit
+from selftok.data.dataset import CAPTIONED, accepted_manifest, load_split, to_uint8, to_unit
 from selftok.data.retokenize import ShardJob, run_jobs
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def plan(root: Path, tokenizer_digest: str, codes: Path) -> list[ShardJob]:
+    """One job per accepted shard of the captioned splits (the image-only split has no use as codes)."""
     manifest = accepted_manifest(root)
+    manifest = manifest[manifest["split"].isin(CAPTIONED)]
     jobs = []
     for (split, shard), rows in manifest.groupby(["split", "shard"], sort=True):
         target = root / codes / str(split) / Path(str(shard)).name
@@ -93,7 +95,7 @@ def run(ctx: StageContext) -> Metrics:
         ctx.log_metrics({"encode_images_per_s": pending / seconds})
 
     accepted = accepted_manifest(ctx.root)
-    sets = {split: load_codes(ctx.root, split, folder=arm.codes) for split in ("train", "val")}
+    sets = {split: load_codes(ctx.root, split, folder=arm.codes) for split in CAPTIONED}
     expected = {split: list(accepted.loc[accepted["split"] == split, "key"]) for split in sets}
     validate_codes(sets, expected, config.num_tokens, config.codebook_size, ctx.path(arm.codes / "validation"))
     train = sets["train"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selftok import tracking
-from selftok.data.dataset import load_split
+from selftok.data.dataset import IMAGE_TRAINING, load_split
 from selftok.stages.base import Metrics, StageContext
 from selftok.stages.train_tokenizer import MODEL as TOKENIZER
 from selftok.stages.train_tokenizer import history_logger, train_summary, write_csv, write_history_csv
@@ -24,7 +24,7 @@ MODEL, CHECKPOINTS = Path("models/renderer"), Path("checkpoints/renderer")
 def run(ctx: StageContext) -> Metrics:
     p, seed = ctx.params.renderer, ctx.params.seed
     grid_images, decode_steps = ctx.params.tokenizer.eval.grid_images, ctx.params.tokenizer.eval.decode_steps
-    train = load_split(ctx.root, "train").images
+    train = load_split(ctx.root, IMAGE_TRAINING).images
     val = load_split(ctx.root, "val", limit=ctx.params.tokenizer.eval.val_images).images
     model = SelftokTokenizer.from_pretrained(ctx.path(TOKENIZER))
     checkpoints = ctx.path(CHECKPOINTS)

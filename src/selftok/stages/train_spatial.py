@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from selftok import tracking
-from selftok.data.dataset import load_split
+from selftok.data.dataset import IMAGE_TRAINING, load_split
 from selftok.stages.arms import SPATIAL
 from selftok.stages.base import Metrics, StageContext
 from selftok.stages.train_tokenizer import history_logger, train_summary, write_csv, write_history_csv
@@ -27,7 +27,7 @@ CHECKPOINTS = Path("checkpoints/spatial")
 
 def run(ctx: StageContext) -> Metrics:
     p, seed, evaluation = ctx.params.control.spatial, ctx.params.seed, ctx.params.tokenizer.eval
-    train = load_split(ctx.root, "train").images
+    train = load_split(ctx.root, IMAGE_TRAINING).images
     val = load_split(ctx.root, "val", limit=evaluation.val_images).images
     model = SpatialTokenizer(p.architecture(ctx.params.data.image_size))
     checkpoints = ctx.path(CHECKPOINTS)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from selftok import tracking
-from selftok.data.dataset import load_split
+from selftok.data.dataset import IMAGE_TRAINING, load_split
 from selftok.stages.base import Metrics, StageContext
 from selftok.tokenizer.grids import reconstruction_grid
 from selftok.tokenizer.metrics import evaluate_tokenizer
@@ -62,7 +62,7 @@ def train_summary(result: TrainResult) -> dict[str, float]:
 
 def run(ctx: StageContext) -> Metrics:
     p, seed = ctx.params.tokenizer, ctx.params.seed
-    train = load_split(ctx.root, "train").images
+    train = load_split(ctx.root, IMAGE_TRAINING).images
     val = load_split(ctx.root, "val", limit=p.eval.val_images).images
     model = SelftokTokenizer(p.architecture(ctx.params.data.image_size, ctx.root))
     checkpoints = ctx.path(CHECKPOINTS)

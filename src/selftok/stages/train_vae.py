@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selftok.data.dataset import load_split, to_unit
+from selftok.data.dataset import IMAGE_TRAINING, load_split, to_unit
 from selftok.stages.base import Metrics, StageContext
 from selftok.stages.train_tokenizer import history_logger, train_summary, write_history_csv
 from selftok.tokenizer.grids import image_grid
@@ -24,7 +24,7 @@ MODEL, CHECKPOINTS = Path("models/vae"), Path("checkpoints/vae")
 
 def run(ctx: StageContext) -> Metrics:
     p, seed, size = ctx.params.vae, ctx.params.seed, ctx.params.data.image_size
-    train = load_split(ctx.root, "train").images
+    train = load_split(ctx.root, IMAGE_TRAINING).images
     val = load_split(ctx.root, "val", limit=p.val_images).images
     vae = build_vae(p, size)
     checkpoints = ctx.path(CHECKPOINTS)

@@ -50,12 +50,12 @@ def report(result: ValidationResult, root: Path, max_bad_fraction: float) -> dic
 
 def generator_repeats(result: ValidationResult, source: str) -> str | None:
     """What to do when the bad samples are mostly copies made by the scene generator: it has few
-    distinct one-object scenes, so copies grow with data.scenes.n_train (0.8% at 24000, 3% at
-    96000) and quarantining them loses nothing."""
+    distinct one-object scenes, so copies grow with data.scenes.n_train and n_images (0.8% at
+    24000 + 0, 1.0% at 24000 + 8000, 3% at 96000 + 0) and quarantining them loses nothing."""
     if source != "scenes" or 2 * result.reason_counts.get("duplicate_image", 0) < result.n_quarantined:
         return None
     return ("most are duplicate_image: the scene generator draws its one-object scenes again as data.scenes.n_train "
-            "grows; the copies are dropped either way, so raise validate.max_bad_fraction or lower data.scenes.n_train")
+            "and n_images grow; the copies are dropped either way, so raise validate.max_bad_fraction or lower them")
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
