@@ -48,7 +48,8 @@ def test_dvc_repro_validate_then_skip(project: Path) -> None:
     assert set(lock) == {"ingest", "validate"}
     assert lock["validate"]["params"]["params.yaml"]["data.image_size"] == 16
     validate = json.loads((project / "metrics" / "validate.json").read_text())
-    assert validate["n_accepted"] == 192 and validate["n_quarantined"] == 0
+    assert validate["n_accepted"] == 224 and validate["n_quarantined"] == 0
+    assert {s: c["accepted"] for s, c in validate["splits"].items()} == {"train": 160, "val": 32, "images": 32}
     assert (project / "data" / "accepted" / "manifest.parquet").is_file()
     runs = stage_runs(project)
     assert sorted(r.data.tags["dvc.stage"] for r in runs) == ["ingest", "validate"]
