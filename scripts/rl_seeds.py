@@ -42,8 +42,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from selftok.config import PARAMS_FILE, ConfigError, Params, merged, parse_overrides, parse_params, read_params
+from selftok.config import PARAMS_FILE, Params, merged, parse_overrides, parse_params, read_params
 from selftok.data.scenes import CATEGORIES
+from selftok.errors import ConfigError
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import Record, prompt_sets
 from selftok.stages.arms import ARMS, SELFTOK, Arm

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 from rl_seeds import Benchmark, reseeded
 
-from selftok.config import PARAMS_FILE, ConfigError, Params, merged, parse_overrides, parse_params, read_params
+from selftok.config import PARAMS_FILE, Params, merged, parse_overrides, parse_params, read_params
 from selftok.data.scenes import CATEGORIES
+from selftok.errors import ConfigError
 
 PROMPT_SETS = ("train", "heldout")
 KEPT = ("overall", "overall_se", "overall_strict", "extra_objects", *CATEGORIES)  # of each score's summary

@@ -21,7 +21,8 @@ import torch
 from rl_seeds import Benchmark
 from tokenizer_ablation import agreement, scenes
 
-from selftok.config import PARAMS_FILE, ConfigError, Params, load_params
+from selftok.config import PARAMS_FILE, Params, load_params
+from selftok.errors import ConfigError
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.stages.arms import SELFTOK
 from selftok.stages.rl_finetune import EVALUATOR

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selftok.config import ConfigError, load_params, merged, parse_overrides, parse_params
+from selftok.config import load_params, merged, parse_overrides, parse_params
+from selftok.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

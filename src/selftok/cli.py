@@ -15,7 +15,8 @@ import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 
-from selftok.config import PARAMS_FILE, ConfigError, load_params
+from selftok.config import PARAMS_FILE, load_params
+from selftok.errors import ConfigError
 from selftok.tokenizer import cli as tokenizer_cli
 from selftok.vlm import cli as vlm_cli
 
@@ -75,8 +76,8 @@ def stage(
 
     Prefer `dvc repro NAME`, which runs the stage only when its params, deps or code changed.
     """
-    from selftok.data.shards import ShardError
-    from selftok.stages.base import StageError, run_stage
+    from selftok.errors import ShardError, StageError
+    from selftok.stages.base import run_stage
 
     _setup_logging(verbose)
     try:
@@ -173,7 +174,8 @@ def check_codes(
 
     from selftok.data.codes import codes_from_bytes
     from selftok.data.dataset import accepted_manifest, decode_png, to_uint8, to_unit
-    from selftok.data.shards import ShardError, read_samples
+    from selftok.data.shards import read_samples
+    from selftok.errors import ShardError
     from selftok.tokenizer.metrics import psnr_8bit
     from selftok.viz import image_grid
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from selftok.data.scenes import CATEGORIES, COLORS, SHAPES
+from selftok.errors import ConfigError
 from selftok.eval.params import EvaluatorParams, GenevalParams
 from selftok.rl.params import RLParams
 from selftok.schema import StrictModel
@@ -27,10 +28,6 @@ from selftok.vlm.params import VLMParams
 
 PARAMS_FILE = "params.yaml"
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class ConfigError(ValueError):
-    """params.yaml is missing, malformed, or holds a value the pipeline cannot run with."""
 
 
 class ScenesSource(StrictModel):

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from selftok.data.shards import ShardError, pickle_members, read_samples, write_shards
+from selftok.data.shards import pickle_members, read_samples, write_shards
+from selftok.errors import ShardError
 
 
 def samples(n: int) -> list[dict]:

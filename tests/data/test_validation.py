@@ -17,7 +17,8 @@ from shard_fixtures import SIZE, Sample, png, scene_sample, write_project
 
 from selftok.config import DataParams, ValidateParams, parse_params
 from selftok.data.dataset import ACCEPTED_MANIFEST
-from selftok.data.validation import DataContractError, ValidationResult, validate_manifest
+from selftok.data.validation import ValidationResult, validate_manifest
+from selftok.errors import DataContractError
 from selftok.stages import validate as stage
 from selftok.stages.base import StageContext, StageSpec
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selftok.config import ConfigError, parse_params
+from selftok.config import parse_params
 from selftok.data.scenes import make_prompt
+from selftok.errors import ConfigError
 from selftok.eval.evaluator import ParsedObject
 from selftok.stages.evaluate import benchmark_sampling, data_ceiling
 

@@ -15,7 +15,8 @@ from selftok.data.codes import codes_from_bytes
 from selftok.data.dataset import ACCEPTED_MANIFEST, to_unit
 from selftok.data.retokenize import ShardJob, run_jobs
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
-from selftok.data.shards import ShardError, read_samples, write_shards
+from selftok.data.shards import read_samples, write_shards
+from selftok.errors import ShardError
 from selftok.stages.tokenize import plan
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.model import SelftokTokenizer

@@ -15,7 +15,8 @@ import great_expectations.expectations as gxe
 import pandas as pd
 
 from selftok.data.codes import CodeSet
-from selftok.data.validation import DataContractError, run_suite
+from selftok.data.validation import run_suite
+from selftok.errors import DataContractError
 
 
 def code_facts(sets: Mapping[str, CodeSet], accepted: Mapping[str, Sequence[str]]) -> pd.DataFrame:

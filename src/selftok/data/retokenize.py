@@ -25,7 +25,8 @@ import torch
 
 from selftok.data.codes import code_sample
 from selftok.data.dataset import decode_png, to_unit
-from selftok.data.shards import ShardError, read_samples, write_shards
+from selftok.data.shards import read_samples, write_shards
+from selftok.errors import ShardError
 from selftok.tracking import file_hash
 
 log = logging.getLogger(__name__)

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import webdataset as wds
 
+from selftok.errors import ShardError
+
 log = logging.getLogger(__name__)
 
 SHARD_PATTERN = "shard-%06d.tar"
 # Members that are (or may be) pickles: never decoded, the sample is refused.
 PICKLE_SUFFIXES = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
-
-
-class ShardError(RuntimeError):
-    """A shard could not be read: truncated, corrupt, or not a tar file. Names the shard."""
 
 
 def write_shards(samples: Iterable[dict[str, bytes | str]], folder: Path, shard_size: int) -> list[Path]:

@@ -38,9 +38,9 @@ from PIL import Image
 
 from selftok.config import DataParams, ValidateParams
 from selftok.data.scenes import BACKGROUNDS, CATEGORIES, COLORS, RELATIONS, SHAPES
-from selftok.data.shards import ShardError, pickle_members, read_samples
+from selftok.data.shards import pickle_members, read_samples
 from selftok.data.sources import SPLITS
-from selftok.stages.base import StageError
+from selftok.errors import ShardError, SuiteError
 
 MANIFEST_COLUMNS = ("key", "split", "shard", "sha256")
 GX_PROJECT = "gx"
@@ -120,14 +120,6 @@ SCENE_METADATA_SCHEMA: dict[str, Any] = {
 }
 # Folder and external-shard sources carry free-form metadata: only its shape is fixed.
 OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
-
-
-class SuiteError(StageError):
-    """The suite could not run (bad manifest, an expectation raised): no verdict was reached."""
-
-
-class DataContractError(StageError):
-    """The suite ran and the data failed it: too many bad samples or a table-level failure."""
 
 
 @dataclass(frozen=True)

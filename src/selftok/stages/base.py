@@ -38,10 +38,6 @@ NON_TRAINING_KEYS = frozenset({"eval", "sampling", "log_every", "eval_every", "c
 Metrics = dict[str, Any]
 
 
-class StageError(RuntimeError):
-    """A stage ran and refused its inputs (e.g. a failed data contract); the message says why."""
-
-
 @dataclass(frozen=True)
 class StageSpec:
     """A stage as declared in dvc.yaml, after DVC's templating (``foreach``, ``${item}``, ``vars``)."""

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from selftok.data.dataset import ACCEPTED_MANIFEST
-from selftok.data.validation import REASON_KINDS, DataContractError, ValidationResult, summarise, validate_manifest
+from selftok.data.validation import REASON_KINDS, ValidationResult, summarise, validate_manifest
+from selftok.errors import DataContractError
 from selftok.stages.base import Metrics, StageContext
 
 log = logging.getLogger(__name__)

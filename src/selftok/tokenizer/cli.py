@@ -117,7 +117,8 @@ def bench_tokenizer(
 
     import torch
 
-    from selftok.config import ConfigError, load_params
+    from selftok.config import load_params
+    from selftok.errors import ConfigError
     from selftok.tokenizer.model import SelftokTokenizer
     from selftok.tokenizer.train import train_tokenizer
     from selftok.vlm.bench import merge_bench

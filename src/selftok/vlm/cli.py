@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from selftok.config import PARAMS_FILE, ConfigError, load_params
+from selftok.config import PARAMS_FILE, load_params
+from selftok.errors import ConfigError
 
 console = Console(stderr=True)
 MODEL_DIR = Path("models/vlm")
