@@ -19,13 +19,13 @@ install: $(VENV)/.installed  ## create the environment from the lock file
 run: install  ## the whole pipeline (Prefect flow over every DVC stage) on params.yaml
 	selftok run
 
-test: install  ## the whole test suite (unit + integration on the smoke profile)
-	ruff check src tests flows
+test: install  ## ruff over every Python file, then the whole test suite (unit + integration on the smoke profile)
+	ruff check .
 	python -m pytest -q
 
 lint: install
-	ruff check src tests flows
-	ruff format --check src tests flows
+	ruff check .
+	ruff format --check .
 
 lock: install  ## refresh requirements.lock from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^selftok' > requirements.lock

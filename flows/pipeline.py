@@ -5,6 +5,11 @@ each task runs `dvc repro --single-item STAGE`, which skips a stage whose params
 code are unchanged. Every stage's MLflow run nests under one pipeline run tagged with the
 Prefect flow-run id. Only one pipeline runs per project at a time (a lock file refuses a
 second with a clear message rather than letting two runs fight over DVC's lock).
+
+The console stays short: each line a stage prints is relayed once, prefixed with the stage
+(a progress bar redrawn with carriage returns counts as its last state), and the stages' loops
+print a few lines each (selftok.progress). While it runs, the flow keeps a status file that
+`selftok status` reads: which stage runs, since when, and how many are done.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from selftok import tracking
-from selftok.config import load_params, params_hash
+from selftok.config import Params, load_params
+from selftok.nested import flatten
+from selftok.progress import PIPELINE_STATUS, write_status
+from selftok.schema import params_hash
 from selftok.stages.base import resolve_stages
 
 LOCK_FILE = Path(".dvc", "tmp", "selftok-pipeline.lock")  # relative to the project root
@@ -52,25 +60,40 @@ def _stage_env(root: Path, parent_run_id: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env[tracking.PARENT_RUN_ENV] = parent_run_id
     env["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(root)  # the parent run's store, whatever ran before
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # a bar per model download, in a log
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
+def console_line(raw: bytes) -> str:
+    """What a terminal would show of one output line: the text after its last carriage return
+    (a redrawn progress bar keeps only its last state), without trailing space."""
+    return raw.decode(errors="replace").rstrip().rpartition("\r")[2].rstrip()
+
+
+def relay(process: subprocess.Popen[bytes], stage: str, logger: Any) -> list[str]:
+    """Log every non-empty line of the stage's output once, prefixed with the stage; returns the last 25."""
+    assert process.stdout is not None
+    tail: list[str] = []
+    for raw in process.stdout:  # bytes: split on newlines only, never on carriage returns
+        line = console_line(raw)
+        if line:
+            logger.info("[%s] %s", stage, line)
+            tail = [*tail, line][-25:]
+    process.wait()
+    return tail
+
+
 @task(task_run_name="{stage}")
 def reproduce(stage: str, root: str, parent_run_id: str, force: bool = False) -> dict[str, Any]:
-    """`dvc repro --single-item STAGE`, its output streamed into the Prefect logs."""
+    """`dvc repro --single-item STAGE`, its output relayed into the Prefect logs once."""
     logger = get_run_logger()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    logger.info("stage %s started", stage)
     started = time.perf_counter()
-    tail: list[str] = []
     with subprocess.Popen(command, cwd=root, env=_stage_env(Path(root), parent_run_id), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if line:
-                logger.info("[%s] %s", stage, line)
-                tail = [*tail, line][-25:]
+                          stderr=subprocess.STDOUT) as process:
+        tail = relay(process, stage, logger)
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise StageFailed(f"stage {stage!r} failed (dvc exit {process.returncode}):\n" + "\n".join(tail))
@@ -79,11 +102,25 @@ def reproduce(stage: str, root: str, parent_run_id: str, force: bool = False) ->
     return {"stage": stage, "skipped": skipped, "seconds": seconds}
 
 
+def run_stages(project: Path, selected: list[str], parent_run_id: str, params: Params, forced: set[str]) -> list[dict[str, Any]]:
+    """Each stage in order under the pipeline's retries and timeout, the status file naming the
+    running stage, since when, and the stages done."""
+    run = reproduce.with_options(retries=params.pipeline.retries, retry_delay_seconds=params.pipeline.retry_delay_seconds,
+                                 timeout_seconds=params.pipeline.stage_timeout_seconds)
+    status: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "stages": selected, "finished": []}
+    results = []
+    for index, stage in enumerate(selected, 1):
+        write_status(project / PIPELINE_STATUS, status | {"stage": stage, "index": index, "stage_started": time.time()})
+        results.append(run(stage, str(project), parent_run_id, stage in forced))
+        status["finished"].append(stage)
+    return results
+
+
 def headline_metrics(root: Path) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for path in sorted((root / "metrics").glob("*.json")):
         if path.stem != "bench":
-            metrics |= tracking.flatten(json.loads(path.read_text()), f"{path.stem}.")
+            metrics |= flatten(json.loads(path.read_text()), f"{path.stem}.")
     return metrics
 
 
@@ -111,7 +148,7 @@ def pipeline(
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {order}")
     selected = select_stages(order, stages)
-    forced = select_stages(order, force_stages) if force_stages else []
+    forced = set(selected if force else select_stages(order, force_stages) if force_stages else [])
     lock = FileLock(str(project / LOCK_FILE), timeout=0)
     (project / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -124,13 +161,7 @@ def pipeline(
         raw = yaml.safe_load((project / "params.yaml").read_text())
         tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "params.hash": params_hash(raw), "kind": "pipeline"}
         with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
-            results = [
-                reproduce.with_options(retries=params.pipeline.retries,
-                                       retry_delay_seconds=params.pipeline.retry_delay_seconds,
-                                       timeout_seconds=params.pipeline.stage_timeout_seconds)(
-                    stage, str(project), parent.info.run_id, force or stage in forced)
-                for stage in selected
-            ]
+            results = run_stages(project, selected, parent.info.run_id, params, forced)
             metrics = headline_metrics(project)
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
             mlflow.log_text(summary_markdown(results, metrics), "summary.md")
@@ -138,6 +169,7 @@ def pipeline(
                                  description="Stages run or skipped, and the headline metrics")
         return results
     finally:
+        (project / PIPELINE_STATUS).unlink(missing_ok=True)
         lock.release()
 
 

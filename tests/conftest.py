@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from selftok.config import profile_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "src", "flows", "profiles", ".dvc/config", ".dvcignore")
 
 
 def copy_project(dest: Path, profile: str = "smoke") -> Path:
-    """Copy what the pipeline needs into ``dest``, with the profile as params.yaml, DVC initialised."""
+    """Copy what the pipeline needs into ``dest``, with the merged profile as params.yaml, DVC initialised."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -25,7 +27,7 @@ def copy_project(dest: Path, profile: str = "smoke") -> Path:
         elif source.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
-    shutil.copy2(ROOT / "profiles" / f"{profile}.yaml", dest / "params.yaml")
+    (dest / "params.yaml").write_text(profile_yaml(ROOT, profile))  # the merged profile, as `selftok profile use` writes it
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--force", "-q"], cwd=dest, check=True)
     return dest
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from selftok import tracking
+from selftok.progress import PIPELINE_STATUS
 from selftok.stages.base import resolve_stages
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,11 @@ def test_dvc_repro_validate_then_skip(project: Path) -> None:
     assert sorted(r.data.tags["dvc.stage"] for r in runs) == ["ingest", "validate"]
     for run in runs:
         assert len(run.data.tags["params.hash"]) == 16 and run.data.tags["git.commit"]
-    assert "input.data/shards.sha256" in next(r for r in runs if r.data.tags["dvc.stage"] == "validate").data.tags
+    validated = next(r for r in runs if r.data.tags["dvc.stage"] == "validate")
+    read = {i.dataset.name: i.dataset.digest for i in mlflow.get_run(validated.info.run_id).inputs.dataset_inputs}
+    assert read == {"data/shards": validated.data.tags["input.data/shards.sha256"]}  # lineage in the Datasets column
+    experiment = mlflow.get_experiment(validated.info.experiment_id)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_DEVELOPMENT  # the UI opens on the runs
 
     second = dvc(project, "repro", "validate")
     assert "Stage 'ingest' didn't change, skipping" in second
@@ -92,6 +97,7 @@ def test_flow_runs_stages_then_skips_and_names_a_failing_stage(project: Path, pr
 
     second = pipeline(root=str(project), stages=["ingest", "validate"])
     assert [r["skipped"] for r in second] == [True, True]
+    assert not (project / PIPELINE_STATUS).exists()  # `selftok status` falls back to DVC status once the flow is done
 
     # Break validate: the flow fails naming it, and ingest's outputs are left intact.
     params = project / "params.yaml"

@@ -3,14 +3,14 @@ from pathlib import Path
 import pytest
 
 from flows.retrain import set_scene_seed
-from selftok.config import load_params
+from selftok.config import load_params, profile_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_set_scene_seed_edits_one_line(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    original = (ROOT / "profiles" / "smoke.yaml").read_text()
+    original = profile_yaml(ROOT, "smoke")
     params.write_text(original)
     assert set_scene_seed(params, 41) == 0
     assert load_params(params).data.scenes.seed == 41
@@ -21,6 +21,6 @@ def test_set_scene_seed_edits_one_line(tmp_path: Path) -> None:
 
 def test_set_scene_seed_without_the_key_fails_clearly(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    params.write_text((ROOT / "profiles" / "smoke.yaml").read_text().replace("    seed: 0  ", "    # no seed  "))
+    params.write_text(profile_yaml(ROOT, "smoke").replace("    seed: 0  ", "    # no seed  "))
     with pytest.raises(ValueError, match=r"no data\.scenes\.seed line"):
         set_scene_seed(params, 3)

@@ -15,10 +15,13 @@ import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 
+from selftok.commands import status as status_commands
+from selftok.commands import tokenizer as tokenizer_commands
+from selftok.commands import vlm as vlm_commands
+from selftok.commands.study import study_app
 from selftok.config import PARAMS_FILE, load_params
 from selftok.errors import ConfigError
-from selftok.tokenizer import cli as tokenizer_cli
-from selftok.vlm import cli as vlm_cli
+from selftok.progress import STAGE_STATUS, is_terminal, report_to
 
 if TYPE_CHECKING:
     from selftok.stages.arms import Arm
@@ -28,27 +31,34 @@ profile_app = typer.Typer(help="Params profiles (same schema as params.yaml) und
 app.add_typer(profile_app, name="profile")
 bench_app = typer.Typer(help="Speed benchmarks, merged into metrics/bench.json.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-app.command("generate")(vlm_cli.generate)
-app.command("caption")(vlm_cli.caption)
-bench_app.command("vlm")(vlm_cli.bench_vlm)
-app.command("encode")(tokenizer_cli.encode)
-app.command("decode")(tokenizer_cli.decode)
-app.command("reconstruct")(tokenizer_cli.reconstruct)
-bench_app.command("tokenizer")(tokenizer_cli.bench_tokenizer)
+app.add_typer(study_app, name="study")
+app.command("status")(status_commands.status)
+app.command("generate")(vlm_commands.generate)
+app.command("caption")(vlm_commands.caption)
+bench_app.command("vlm")(vlm_commands.bench_vlm)
+app.command("encode")(tokenizer_commands.encode)
+app.command("decode")(tokenizer_commands.decode)
+app.command("reconstruct")(tokenizer_commands.reconstruct)
+bench_app.command("tokenizer")(tokenizer_commands.bench_tokenizer)
 console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project root (holds params.yaml and dvc.yaml).")]
 ArmName = Annotated[str, typer.Option("--arm", help="Tokenizer arm: selftok or spatial (the control).")]
 
 
+def _log_handler() -> logging.Handler:
+    """Rich on a terminal; elsewhere one plain line a record (Rich would wrap each at 80 columns in a log)."""
+    if is_terminal(sys.stderr):
+        return RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    return handler
+
+
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
-    for noisy in ("alembic", "urllib3", "httpx", "git", "filelock", "great_expectations"):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[_log_handler()], force=True)
+    quiet = ("alembic", "urllib3", "httpx", "git", "filelock", "great_expectations", "mlflow.system_metrics", "mlflow.store.db.utils")
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -76,15 +86,24 @@ def stage(
 
     Prefer `dvc repro NAME`, which runs the stage only when its params, deps or code changed.
     """
+    import os
+    import time
+
     from selftok.errors import ShardError, StageError
     from selftok.stages.base import run_stage
 
     _setup_logging(verbose)
+    tracked = os.environ.get("RANK", "0") == "0"  # one status file, kept by rank 0 of a multi-process launch
+    if tracked:
+        report_to(root / STAGE_STATUS, stage=name, stage_started=time.time())
     try:
         metrics = run_stage(name, root, params)
     except (ConfigError, KeyError, FileNotFoundError, StageError, ShardError) as error:
         _fail(str(error).strip("'\""))
-    console.print_json(data=metrics)
+    finally:
+        if tracked:
+            report_to(None)
+    console.print_json(data=metrics, indent=2 if console.is_terminal else None)  # one line in a log
 
 
 def load_flow_module(root: Path, name: str) -> ModuleType:
@@ -136,10 +155,9 @@ def bench_tokenize(
     import tempfile
     import time
 
-    from selftok.data.retokenize import run_jobs
-    from selftok.stages.tokenize import plan
-    from selftok.tracking import file_hash
-    from selftok.vlm.bench import merge_bench
+    from selftok.commands.common import merge_bench
+    from selftok.data.retokenize import plan, run_jobs
+    from selftok.hashing import file_hash
 
     _setup_logging()
     batch = load_params(root / PARAMS_FILE).tokenize.batch_size
@@ -197,38 +215,6 @@ def check_codes(
     value = float(psnr_8bit(rendered, to_unit(images)).mean())
     image_grid(torch.stack([images, to_uint8(rendered)], 1).flatten(0, 1), columns=16, scale=4).save(out)
     console.print(f"{len(samples)} samples, renderer PSNR {value:.2f} dB (8-bit); grid (original, decoded pairs): {out}")
-
-
-REGISTERED_MODELS = (
-    "selftok-tokenizer", "selftok-renderer", "selftok-evaluator", "selftok-vlm", "selftok-spatial", "selftok-spatial-vlm",
-)
-
-
-@app.command()
-def status(root: Root = Path(".")) -> None:
-    """DVC status, the latest headline metrics and the registry aliases, on one page."""
-    import json
-    import subprocess
-
-    from rich.table import Table
-
-    from selftok import tracking
-
-    out = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True)
-    console.rule("DVC status")
-    console.print((out.stdout or out.stderr).strip() or "everything is up to date")
-    console.rule("metrics")
-    table = Table("metric", "value")
-    for path in sorted((root / "metrics").glob("*.json")):
-        for key, value in tracking.flatten(json.loads(path.read_text()), f"{path.stem}.").items():
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    console.print(table)
-    console.rule("registry")
-    tracking.configure(root.resolve(), load_params(root / PARAMS_FILE).tracking.experiment)
-    aliases = Table("model", tracking.CHAMPION, tracking.CHALLENGER)
-    for name in REGISTERED_MODELS:
-        aliases.add_row(name, *(tracking.alias_version(name, a) or "-" for a in (tracking.CHAMPION, tracking.CHALLENGER)))
-    console.print(aliases)
 
 
 @app.command()
@@ -296,18 +282,21 @@ def report(root: Root = Path(".")) -> None:
 
     from selftok import tracking
     from selftok.eval.report import build_report
+    from selftok.paths import REPORTS
 
     metrics_file = root / "metrics" / "evaluate.json"
     if not metrics_file.is_file():
         _fail(f"{metrics_file}: not found; run `dvc repro evaluate` first")
     experiment = load_params(root / PARAMS_FILE).tracking.experiment
     tracking.configure(root.resolve(), experiment)
-    index = build_report(root.resolve(), json.loads(metrics_file.read_text()), experiment)
+    index = build_report(root.resolve() / REPORTS, json.loads(metrics_file.read_text()), experiment)
     console.print(f"report: {index}")
 
 
 @app.command("check-params")
-def check_params(path: Annotated[Path, typer.Argument(help="Params file to check.")] = Path(PARAMS_FILE)) -> None:
+def check_params(
+    path: Annotated[Path, typer.Argument(help="Params file (or a profile overlay) to check.")] = Path(PARAMS_FILE),
+) -> None:
     """Validate a params file against the schema and exit non-zero naming every bad key."""
     try:
         load_params(path)
@@ -316,26 +305,24 @@ def check_params(path: Annotated[Path, typer.Argument(help="Params file to check
     console.print(f"[green]{path}: ok[/]")
 
 
-def _profile_path(root: Path, name: str) -> Path:
-    path = root / "profiles" / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(p.stem for p in sorted((root / "profiles").glob("*.yaml")))
-        _fail(f"no profile {name!r} in {root / 'profiles'}; known: {known}")
-    return path
-
-
 @profile_app.command("list")
 def profile_list(root: Root = Path(".")) -> None:
-    """List the available profiles."""
-    for path in sorted((root / "profiles").glob("*.yaml")):
-        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
-        console.print(f"[bold]{path.stem}[/]  {first}")
+    """List the profiles: the default (the schema's defaults) and the overlays in profiles/."""
+    from selftok.config import profile_header, profile_names
+
+    for name in profile_names(root):
+        console.print(f"[bold]{name}[/]  {profile_header(root, name)[0]}", soft_wrap=True)
 
 
 @profile_app.command("show")
 def profile_show(name: str, root: Root = Path(".")) -> None:
-    """Print a profile."""
-    typer.echo(_profile_path(root, name).read_text())
+    """Print profile NAME as a full params file: the default with its overlay merged in, commented."""
+    from selftok.config import profile_yaml
+
+    try:
+        typer.echo(profile_yaml(root, name), nl=False)
+    except ConfigError as error:
+        _fail(str(error))
 
 
 @profile_app.command("use")
@@ -344,22 +331,25 @@ def profile_use(
     root: Root = Path("."),
     force: Annotated[bool, typer.Option(help="Overwrite params.yaml even if it differs from every profile.")] = False,
 ) -> None:
-    """Make profile NAME the active params.yaml (the old one is kept as params.yaml.bak).
+    """Write profile NAME (merged and commented) as params.yaml; the old one is kept as params.yaml.bak.
 
     Refuses when params.yaml holds edits found in no profile, unless --force: switching never
     discards your changes behind your back.
     """
-    source = _profile_path(root, name)
-    load_params(source)
+    from selftok.config import profile_data, profile_names, profile_yaml
+
     target = root / PARAMS_FILE
-    if target.exists() and not force:
-        current = yaml.safe_load(target.read_text())
-        known = [yaml.safe_load(p.read_text()) for p in (root / "profiles").glob("*.yaml")]
-        if current not in known:
-            _fail(f"{target} has edits that are in no profile; pass --force (a backup goes to {target}.bak)")
+    try:
+        text = profile_yaml(root, name)
+        if target.exists() and not force:
+            current = yaml.safe_load(target.read_text())
+            if all(current != profile_data(root, known) for known in profile_names(root)):
+                _fail(f"{target} has edits that are in no profile; pass --force (a backup goes to {target}.bak)")
+    except ConfigError as error:
+        _fail(str(error))
     if target.exists():
         shutil.copyfile(target, target.with_name(target.name + ".bak"))
-    shutil.copyfile(source, target)
+    target.write_text(text)
     console.print(f"params.yaml is now profile [bold]{name}[/] (previous in params.yaml.bak)")
 
 

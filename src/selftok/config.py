@@ -1,164 +1,90 @@
-"""Typed params: params.yaml is the single source of configuration.
+"""Typed params: the assembly of every package's section, loading, overrides and profiles.
 
-Every section is a strict pydantic model, so unknown keys, wrong types and impossible values
-are rejected before any work starts, with the dotted key path in the message. Stages read only
-their own sections; dvc.yaml lists the same keys so DVC reruns a stage exactly when they change.
+Every section is a strict pydantic model next to the code it configures, so unknown keys, wrong
+types and impossible values are rejected before any work starts, with the dotted key path and
+the file in the message. The models' defaults are the default profile: params.yaml is generated
+from them (``selftok profile show default``), and the other profiles in profiles/ are overlays
+that hold only the keys where they differ. Stages read only their own sections; dvc.yaml lists
+the same keys so DVC reruns a stage exactly when they change.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from selftok.data.scenes import CATEGORIES, COLORS, SHAPES
+from selftok.data.params import DataParams, TokenizeParams, ValidateParams
 from selftok.errors import ConfigError
-from selftok.eval.params import EvaluatorParams, GenevalParams
+from selftok.eval.params import EvaluateParams, EvaluatorParams, GenevalParams
 from selftok.rl.params import RLParams
-from selftok.schema import StrictModel
+from selftok.schema import StrictModel, fill_absent
 from selftok.tokenizer.params import RendererParams, TokenizerParams, VaeParams
-from selftok.tokenizer.spatial_params import SpatialParams
+from selftok.tokenizer.spatial_params import ControlParams, shared_recipe
 from selftok.vlm.params import VLMParams
 
 PARAMS_FILE = "params.yaml"
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class ScenesSource(StrictModel):
-    seed: int = 0  # generator seed: a new value is new data (see flows/retrain.py)
-    n_train: int = Field(4000, ge=1)
-    n_val: int = Field(256, ge=1)
-    n_images: int = Field(0, ge=0)  # image-only scenes for the image models, drawn from every colour-shape pair
-    min_objects: int = Field(1, ge=1, le=4)
-    max_objects: int = Field(4, ge=1, le=4)
-    object_size: tuple[Fraction, Fraction] = (0.3, 0.42)
-    categories: list[Literal[CATEGORIES]] = Field(default_factory=lambda: list(CATEGORIES))  # type: ignore[valid-type]
-    holdout: list[str] = Field(default_factory=lambda: ["red star", "blue triangle", "green diamond"])
-
-    @model_validator(mode="after")
-    def _check(self) -> ScenesSource:
-        if self.min_objects > self.max_objects:
-            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
-        if not 0 < self.object_size[0] <= self.object_size[1] < 0.5:
-            raise ValueError(f"object_size must satisfy 0 < low <= high < 0.5, got {self.object_size}")
-        for pair in self.holdout:
-            color, _, shape = pair.partition(" ")
-            if color not in COLORS or shape not in SHAPES:
-                raise ValueError(f"holdout entry {pair!r} must be '<colour> <shape>' with colour in {list(COLORS)} and shape in {list(SHAPES)}")
-        return self
-
-
-class FolderSource(StrictModel):
-    """A folder of images; captions from sidecar .txt files, captions.jsonl or captions.csv."""
-
-    path: Path | None = None
-    val_fraction: Fraction = 0.1
-
-
-class ShardsSource(StrictModel):
-    """Existing webdataset shards (local paths, file://, http(s)://, s3:// via `pipe:`)."""
-
-    train: list[str] = Field(default_factory=list)
-    val: list[str] = Field(default_factory=list)
-    images: list[str] = Field(default_factory=list)  # image-only: read by the image models, never by the VLM
-
-
-class DataParams(StrictModel):
-    source: Literal["scenes", "folder", "shards"] = "scenes"
-    image_size: int = Field(32, ge=8, le=4096)
-    mode: Literal["RGB"] = "RGB"
-    resize: Literal["center_crop", "none"] = "center_crop"
-    shard_size: int = Field(1000, ge=1)
-    scenes: ScenesSource = ScenesSource()
-    folder: FolderSource = FolderSource()
-    shards: ShardsSource = ShardsSource()
-
-    @model_validator(mode="after")
-    def _source_is_configured(self) -> DataParams:
-        if self.source == "folder" and self.folder.path is None:
-            raise ValueError("source is 'folder' but data.folder.path is not set")
-        if self.source == "shards" and not (self.shards.train and self.shards.val):
-            raise ValueError("source is 'shards' but data.shards.train or data.shards.val is empty")
-        return self
-
-
-class ValidateParams(StrictModel):
-    max_bad_fraction: Fraction = 0.01
-    caption_min_chars: int = Field(3, ge=1)
-    caption_max_chars: int = Field(200, ge=1)
-    val_fraction: tuple[Fraction, Fraction] = (0.02, 0.5)
-
-    @model_validator(mode="after")
-    def _check(self) -> ValidateParams:
-        if self.caption_min_chars > self.caption_max_chars:
-            raise ValueError("caption_min_chars > caption_max_chars")
-        if self.val_fraction[0] > self.val_fraction[1]:
-            raise ValueError(f"val_fraction range is inverted: {self.val_fraction}")
-        return self
-
-
-class TokenizeParams(StrictModel):
-    """Re-tokenising accepted images into code shards."""
-
-    batch_size: int = Field(256, ge=1)
-    workers: int = Field(1, ge=1, le=256)  # processes mapping over shards
-    check_samples: int = Field(64, ge=1)  # val samples decoded back and compared
-
-
-class EvaluateParams(StrictModel):
-    """The evaluate stage: how much val data, decode steps, benchmark sample count, and the promotion margin."""
-
-    val_images: int = Field(128, ge=8)
-    decode_steps: int = Field(20, ge=1)  # Euler steps of diffusion decodes in the reconstruction table
-    # Images per held-out prompt in the GenEval-style benchmark (None: vlm.sampling's). Some
-    # categories have 2 held-out prompts, so 4 samples leave a score resting on 8 images.
-    samples_per_prompt: int | None = Field(None, ge=1)
-    promotion_margin: Fraction = 0.02  # new model must beat the champion's overall score by this much
-    # ... and by this many standard errors of the gain (both scores' sampling noise; 0: the margin alone)
-    promotion_sigmas: float = Field(2.0, ge=0)
-
-
-class ControlParams(StrictModel):
-    """The spatial-token control arm (issue 10): its tokenizer. Re-tokenisation, VLM, RL and
-    evaluation run with the Selftok arm's own sections, so the two arms differ only in tokens."""
-
-    spatial: SpatialParams = SpatialParams()
+PROFILES_DIR = "profiles"
+DEFAULT_PROFILE = "default"
+DEFAULT_HEADER = (
+    "The default profile: a CPU-sized run that finishes end to end on a 2-core machine.",
+    "Generated from the params schema (the defaults in src/selftok/*/params.py) by `selftok profile show default`;",
+    "other profiles in profiles/ hold only the keys where they differ (`selftok profile use NAME` writes one here).",
+)
+COMMENT_COLUMN = 28
 
 
 class PipelineParams(StrictModel):
     """How Prefect runs each stage task."""
 
-    retries: int = Field(0, ge=0, le=10)
-    retry_delay_seconds: float = Field(10.0, ge=0)
-    stage_timeout_seconds: float = Field(4 * 3600.0, gt=0)
+    retries: int = Field(0, ge=0, le=10, description="Prefect retries of a failed stage task")
+    retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a retry")
+    stage_timeout_seconds: float = Field(4 * 3600.0, gt=0, description="a stage task running longer fails")
 
 
 class TrackingParams(StrictModel):
-    experiment: str = Field("selftok", min_length=1)
+    """Where MLflow records the runs."""
+
+    experiment: str = Field("selftok", min_length=1, description="MLflow experiment name")
 
 
 class Params(StrictModel):
-    seed: int = 0
-    data: DataParams = DataParams()
-    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
-    vae: VaeParams = VaeParams()
-    tokenizer: TokenizerParams = TokenizerParams()
-    renderer: RendererParams = RendererParams()
-    tokenize: TokenizeParams = TokenizeParams()
-    vlm: VLMParams = VLMParams()
-    evaluator: EvaluatorParams = EvaluatorParams()
-    geneval: GenevalParams = GenevalParams()
-    rl: RLParams = RLParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    control: ControlParams = ControlParams()
-    pipeline: PipelineParams = PipelineParams()
-    tracking: TrackingParams = TrackingParams()
+    """The whole params file: one section per package, assembled here."""
+
+    seed: int = Field(0, description="global seed: weights, batches, noise, and the split of the prompts")
+    data: DataParams = Field(DataParams(), description="where images and captions come from")
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate", description="the data contract")
+    vae: VaeParams = Field(VaeParams(), description="the latent space the tokenizer reads (src/selftok/tokenizer/vae.py)")
+    tokenizer: TokenizerParams = Field(TokenizerParams(), description="Selftok tokenizer on VAE latents (src/selftok/tokenizer)")
+    renderer: RendererParams = Field(RendererParams(), description="one-step renderer on the frozen tokens")
+    tokenize: TokenizeParams = Field(TokenizeParams(), description="accepted images -> code shards")
+    evaluator: EvaluatorParams = Field(EvaluatorParams(), description="the scene evaluator: judge of generations and rewards")
+    geneval: GenevalParams = Field(GenevalParams(), description="training and held-out prompt sets (disjoint prompts)")
+    vlm: VLMParams = Field(VLMParams(), description="the AR model over text and visual tokens (src/selftok/vlm)")
+    rl: RLParams = Field(RLParams(), description="GRPO on visual tokens (src/selftok/rl); sampling recipe = vlm.sampling")
+    evaluate: EvaluateParams = Field(EvaluateParams(), description="the evaluate stage and model promotion")
+    control: ControlParams = Field(ControlParams(), description="spatial-token control arm: same recipe, other tokens")
+    pipeline: PipelineParams = Field(PipelineParams(), description="how Prefect runs the stages")
+    tracking: TrackingParams = Field(TrackingParams(), description="MLflow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _control_follows_selftok(cls, data: Any) -> Any:
+        """The control's recipe keys it leaves out come from this file's tokenizer and renderer."""
+        if not isinstance(data, dict) or not isinstance(control := data.get("control", {}), dict):
+            return data
+        if not isinstance(spatial := control.get("spatial", {}), dict):
+            return data
+        try:
+            recipe = shared_recipe(TokenizerParams.model_validate(data.get("tokenizer", {})),
+                                   RendererParams.model_validate(data.get("renderer", {})))
+        except ValidationError:  # those sections report their own errors
+            return data
+        return {**data, "control": {**control, "spatial": fill_absent(spatial, recipe)}}
 
     @model_validator(mode="after")
     def _same_bits_per_image(self) -> Params:
@@ -175,6 +101,7 @@ class Params(StrictModel):
         return self.model_dump(mode="json", by_alias=True)[key]
 
 
+# --- loading -------------------------------------------------------------------------------------
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: {error.error_count()} invalid value(s)"]
     for item in error.errors():
@@ -207,6 +134,7 @@ def read_params(path: Path | str = PARAMS_FILE) -> Any:
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """A params file, or a profile overlay (the keys it leaves out are the defaults either way)."""
     return parse_params(read_params(path), str(path))
 
 
@@ -244,7 +172,104 @@ def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def params_hash(data: Any) -> str:
-    """Stable short hash of plain data (key order does not matter)."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+# --- profiles ------------------------------------------------------------------------------------
+def _fields(model: type[BaseModel]) -> Iterator[tuple[str, str]]:
+    """(attribute, key in the file) of a section, its own fields first, then its bases', each in
+    declaration order: the order params.yaml shows them in."""
+    seen: set[str] = set()
+    for klass in model.__mro__:
+        for name in getattr(klass, "__annotations__", {}):
+            if name in model.model_fields and name not in seen:
+                seen.add(name)
+                yield name, model.model_fields[name].alias or name
+
+
+def schema_data(model: BaseModel) -> dict[str, Any]:
+    """A validated section as file data, without the optional keys whose schema default is None
+    (preset overrides, derived intervals, the control's shared recipe): absent means default."""
+    plain = model.model_dump(mode="json", by_alias=True)
+    out: dict[str, Any] = {}
+    for name, key in _fields(type(model)):
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out[key] = schema_data(value)
+        elif type(model).model_fields[name].default is not None:
+            out[key] = plain[key]
+    return out
+
+
+def default_profile() -> dict[str, Any]:
+    """The default profile as file data: the schema's defaults."""
+    return schema_data(Params())
+
+
+def profile_names(root: Path) -> list[str]:
+    return [DEFAULT_PROFILE, *sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml") if p.stem != DEFAULT_PROFILE)]
+
+
+def profile_path(root: Path, name: str) -> Path:
+    """The overlay file of a profile (the default profile has none: it is the schema)."""
+    path = root / PROFILES_DIR / f"{name}.yaml"
+    if name == DEFAULT_PROFILE or not path.is_file():
+        raise ConfigError(f"no profile overlay {name!r} in {root / PROFILES_DIR}; known profiles: {', '.join(profile_names(root))}")
+    return path
+
+
+def profile_data(root: Path, name: str) -> dict[str, Any]:
+    """A profile as file data: the default with the profile's overlay merged in, validated (an
+    unknown or mistyped key names itself and the overlay file)."""
+    if name == DEFAULT_PROFILE:
+        return default_profile()
+    path = profile_path(root, name)
+    overlay = read_params(path)
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(overlay).__name__}")
+    data = merged(default_profile(), overlay)
+    parse_params(data, str(path))
+    return data
+
+
+def profile_header(root: Path, name: str) -> list[str]:
+    """The comment lines a profile starts with: the default's, or its overlay's own first comments."""
+    if name == DEFAULT_PROFILE:
+        return list(DEFAULT_HEADER)
+    lines = profile_path(root, name).read_text().splitlines()
+    own = [line.lstrip("#").strip() for line in lines[: next((i for i, x in enumerate(lines) if not x.startswith("#")), len(lines))]]
+    return [*own, f"Generated by `selftok profile show {name}`: profiles/{name}.yaml over the default profile."]
+
+
+def profile_yaml(root: Path, name: str) -> str:
+    """A profile as a full params file: every key, each with its schema description as a comment."""
+    data = profile_data(root, name)
+    header = [f"# {line}" if line else "#" for line in profile_header(root, name)]
+    return "\n".join([*header, *render_section(parse_params(data), data, 0)]) + "\n"
+
+
+def render_section(model: BaseModel, data: Mapping[str, Any], depth: int) -> list[str]:
+    """YAML lines of ``data`` (a section's file data) in schema order, scalars before subsections,
+    a blank line between top-level sections; each key's description is its comment."""
+    fields = [(name, key) for name, key in _fields(type(model)) if key in data]
+    scalars = [(n, k) for n, k in fields if not isinstance(getattr(model, n), BaseModel)]
+    sections = [(n, k) for n, k in fields if isinstance(getattr(model, n), BaseModel)]
+    indent = "  " * depth
+    lines = [_line(f"{indent}{key}: {_flow(data[key])}", _description(model, name)) for name, key in scalars]
+    for name, key in sections:
+        if depth == 0:
+            lines.append("")
+        if description := _description(model, name):  # above the key: a section line stays `key:` alone
+            lines.append(f"{indent}# {description}")
+        lines += [f"{indent}{key}:", *render_section(getattr(model, name), data[key], depth + 1)]
+    return lines
+
+
+def _description(model: BaseModel, name: str) -> str:
+    return type(model).model_fields[name].description or ""
+
+
+def _line(text: str, comment: str) -> str:
+    return f"{text:<{COMMENT_COLUMN - 1}} # {comment}" if comment else text
+
+
+def _flow(value: Any) -> str:
+    """One value in YAML flow style (lists inline)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("\n").removesuffix("\n...")

@@ -7,7 +7,6 @@ A stage run nests under the pipeline's run when ``SELFTOK_PARENT_RUN_ID`` is set
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
@@ -19,8 +18,14 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from selftok.hashing import file_hash
+from selftok.nested import flatten
+
 PARENT_RUN_ENV = "SELFTOK_PARENT_RUN_ID"
 CHAMPION, CHALLENGER = "champion", "challenger"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, evaluations);
+# tagged as model development it opens on the runs table, where this project's runs are.
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
 # What the user set, read before anything here calls mlflow.set_tracking_uri (which writes this
@@ -41,9 +46,12 @@ def configure(root: Path, experiment: str) -> str:
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:  # a store made before the tag
+            MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
     else:
         location = (root / "mlruns" / "artifacts").resolve().as_uri() if uri.startswith("sqlite:///") else None
-        experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -54,18 +62,6 @@ def _git(root: Path, *args: str) -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def device_tags() -> dict[str, str]:
@@ -102,16 +98,31 @@ def provenance_tags(root: Path, stage: str, params_digest: str, hashes: Mapping[
     return tags
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {'a.b.c': value}, the form MLflow params and metrics take."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat |= flatten(value, name + ".")
-        else:
-            flat[name] = value
-    return flat
+def input_context(stage: str) -> str:
+    """How a stage uses its data, as MLflow's dataset context: evaluation, training or processing."""
+    if stage == "evaluate":
+        return "evaluation"
+    return "training" if stage.startswith(("train", "pretrain", "rl")) else "processing"
+
+
+def log_datasets(root: Path, stage: str, hashes: Mapping[str, str]) -> None:
+    """Log each data dep of the stage (``data/...``) as a dataset input of the active run: its path
+    as source, its content hash as digest, so the runs table's Datasets column shows which data
+    every run read, and two runs that read the same bytes show the same digest."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    datasets = []
+    for dep, digest in hashes.items():
+        if dep.startswith("data/") and digest != "missing":
+            with warnings.catch_warnings():  # the local file scheme is registered twice; either source is the same
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(str((root / dep).resolve()))
+            datasets.append(MetaDataset(source, name=dep, digest=digest))
+    if datasets:
+        mlflow.log_inputs(datasets=datasets, contexts=[input_context(stage)] * len(datasets), tags_list=[None] * len(datasets))
 
 
 @contextmanager
@@ -138,6 +149,7 @@ def stage_run(
         items = list(flat.items())
         for start in range(0, len(items), 100):
             mlflow.log_params(dict(items[start : start + 100]))
+        log_datasets(root, stage, hashes)
         yield run
 
 

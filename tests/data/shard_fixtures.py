@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from selftok.data.manifest import manifest_row  # the rows exactly as ingest writes them
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.data.shards import SHARD_PATTERN, write_shards
-from selftok.stages.ingest import manifest_row  # the rows exactly as ingest writes them
 
 SIZE = 16
 Sample = dict[str, Any]

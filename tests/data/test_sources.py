@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from selftok.config import DataParams, FolderSource
+from selftok.data.params import DataParams, FolderSource
 from selftok.data.sources import apply_policy, folder_samples, png_bytes
 
 

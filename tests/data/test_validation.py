@@ -15,9 +15,11 @@ import pytest
 from PIL import Image
 from shard_fixtures import SIZE, Sample, png, scene_sample, write_project
 
-from selftok.config import DataParams, ValidateParams, parse_params
+from selftok.config import parse_params
 from selftok.data.dataset import ACCEPTED_MANIFEST
-from selftok.data.validation import ValidationResult, validate_manifest
+from selftok.data.manifest import SHARD_MANIFEST
+from selftok.data.params import DataParams, ValidateParams
+from selftok.data.validation import QUARANTINE, REPORT, ValidationResult, generator_repeats, validate_manifest
 from selftok.errors import DataContractError
 from selftok.stages import validate as stage
 from selftok.stages.base import StageContext, StageSpec
@@ -134,7 +136,7 @@ def test_no_good_sample_is_lost(bad_result: ValidationResult) -> None:
 
 def stage_ctx(root: Path, logged: list[str], **validate: Any) -> StageContext:
     params = parse_params({"data": {"image_size": SIZE}, "validate": validate})
-    ctx = StageContext(name="validate", root=root, params=params, spec=StageSpec("validate", [], [], []))
+    ctx = StageContext(name="validate", root=root, params=params, spec=StageSpec(name="validate", params=[], deps=[], outs=[]))
     ctx.log_artifact = lambda path, artifact_path=None: logged.append(Path(path).name)  # type: ignore[method-assign]
     return ctx
 
@@ -155,8 +157,8 @@ def test_stage_fails_above_max_bad_fraction_and_warns_below(
     assert "... and 8 more" in text
     assert not (tmp_path / ACCEPTED_MANIFEST).exists()  # nothing left for later stages to read
     assert sorted(logged) == ["quarantine.jsonl", "report.json"]
-    assert json.loads((tmp_path / stage.REPORT).read_text())["passed"] is False
-    failed_quarantine = (tmp_path / stage.QUARANTINE).read_bytes()
+    assert json.loads((tmp_path / REPORT).read_text())["passed"] is False
+    failed_quarantine = (tmp_path / QUARANTINE).read_bytes()
 
     with caplog.at_level(logging.WARNING, logger="selftok.stages.validate"):
         metrics = stage.run(stage_ctx(tmp_path, [], max_bad_fraction=0.7))
@@ -164,13 +166,13 @@ def test_stage_fails_above_max_bad_fraction_and_warns_below(
     assert metrics["n_checked"] == 26 and metrics["n_accepted"] == len(GOOD) and metrics["n_quarantined"] == 18
     assert metrics["quarantined_by_reason"]["shard_unreadable"] == 5 and metrics["quarantined_by_reason"]["pickle_member"] == 1
     assert metrics["splits"]["val"] == {"checked": 4, "accepted": 4}
-    assert json.loads((tmp_path / stage.REPORT).read_text())["passed"] is True
+    assert json.loads((tmp_path / REPORT).read_text())["passed"] is True
     accepted = pd.read_parquet(tmp_path / ACCEPTED_MANIFEST)
     assert list(accepted["key"]) == GOOD
-    assert list(accepted.columns) == list(pd.read_parquet(tmp_path / stage.MANIFEST).columns)
+    assert list(accepted.columns) == list(pd.read_parquet(tmp_path / SHARD_MANIFEST).columns)
 
     # Same shards, independent runs: byte-identical outs (no times, ids or absolute paths).
-    assert (tmp_path / stage.QUARANTINE).read_bytes() == failed_quarantine
+    assert (tmp_path / QUARANTINE).read_bytes() == failed_quarantine
     other = io.BytesIO()
     bad_result.accepted.to_parquet(other, index=False)
     assert (tmp_path / ACCEPTED_MANIFEST).read_bytes() == other.getvalue()
@@ -184,7 +186,7 @@ def test_table_failure_stops_clean_data_and_data_docs_land_in_the_project(tmp_pa
     )
     with pytest.raises(DataContractError, match=r"val fraction 0\.200 outside \[0\.3, 0\.5\]"):
         stage.run(stage_ctx(tmp_path, [], val_fraction=[0.3, 0.5]))
-    report = json.loads((tmp_path / stage.REPORT).read_text())
+    report = json.loads((tmp_path / REPORT).read_text())
     assert report["n_quarantined"] == 0 and report["n_accepted"] == 10  # every row passed; the table did not
     assert report["data_docs"] == "data/validation/gx/uncommitted/data_docs/local_site/index.html"
     assert (tmp_path / report["data_docs"]).is_file()
@@ -200,7 +202,7 @@ def test_image_only_copies_never_displace_captioned_samples_nor_count_as_val(tmp
     write_project(tmp_path, {"train": train, "val": [scene_sample("val", i) for i in range(2)], "images": images})
     metrics = stage.run(stage_ctx(tmp_path, [], val_fraction=[0.15, 0.5], max_bad_fraction=0.1))
     assert metrics["splits"]["images"] == {"checked": 12, "accepted": 11}
-    (entry,) = (json.loads(line) for line in (tmp_path / stage.QUARANTINE).read_text().splitlines())
+    (entry,) = (json.loads(line) for line in (tmp_path / QUARANTINE).read_text().splitlines())
     assert entry["key"] == "images-0000011" and entry["reasons"][0]["message"] == "duplicate of train-0000003"
     assert metrics["val_fraction"] == pytest.approx(0.2)
 
@@ -220,9 +222,10 @@ def test_generated_copies_get_a_hint_other_failures_do_not() -> None:
         kinds = ["duplicate_image"] * duplicates + ["image_decode"] * decode_errors
         quarantine = [{"key": f"train-{i:07d}", "shard": "s.tar", "reasons": [{"kind": k, "message": k}]} for i, k in enumerate(kinds)]
         counts = {"duplicate_image": duplicates, "image_decode": decode_errors}
-        return ValidationResult(pd.DataFrame(), quarantine, counts, [], {}, {}, None, n_checked=1000)
+        return ValidationResult(accepted=pd.DataFrame(), quarantine=quarantine, reason_counts=counts, table_failures=[], shard_errors={},
+                                split_counts={}, docs_path=None, n_checked=1000)
 
-    hint = stage.generator_repeats(result(30, 2), "scenes")
+    hint = generator_repeats(result(30, 2), "scenes")
     assert hint is not None and "data.scenes.n_train" in hint and "validate.max_bad_fraction" in hint
-    assert stage.generator_repeats(result(30, 2), "folder") is None  # real data: copies are a finding, not a hint
-    assert stage.generator_repeats(result(2, 30), "scenes") is None  # mostly broken images: no excuse
+    assert generator_repeats(result(30, 2), "folder") is None  # real data: copies are a finding, not a hint
+    assert generator_repeats(result(2, 30), "scenes") is None  # mostly broken images: no excuse

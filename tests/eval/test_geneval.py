@@ -176,9 +176,9 @@ def test_overall_is_the_mean_of_category_accuracies() -> None:
 
 def test_prompt_sets_of_a_params_file() -> None:
     params = parse_params({"seed": 3, "geneval": {"max_heldout_per_category": 5}})
-    sets = prompt_sets(params)
-    assert sets == build_prompt_sets(scene_config(params), 3, params.geneval)
-    assert scene_config(params).holdout == tuple(params.data.scenes.holdout)
+    sets = prompt_sets(params.data, params.seed, params.geneval)
+    assert sets == build_prompt_sets(scene_config(params.data), 3, params.geneval)
+    assert scene_config(params.data).holdout == tuple(params.data.scenes.holdout)
     assert max(sum(r["tag"] == t for r in sets["heldout"]) for t in CATEGORIES) == 5
 
 

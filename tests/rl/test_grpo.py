@@ -58,7 +58,7 @@ def test_exact_kl_sees_mass_moved_off_the_sampled_tokens() -> None:
 def test_kl_gradient_pulls_towards_the_reference() -> None:
     logits = torch.tensor([[[2.0, 0.0, -1.0]]], requires_grad=True)
     logp = torch.log_softmax(logits, -1)[..., 0]
-    parts = grpo_loss(logp, logp.detach(), exact_kl(logits, torch.zeros(1, 1, 3)), torch.zeros(1), beta=1.0, clip=0.2)
+    parts = grpo_loss(logp, exact_kl(logits, torch.zeros(1, 1, 3)), torch.zeros(1), beta=1.0)
     parts.loss.backward()
     assert logits.grad[0, 0, 0] > 0 and logits.grad[0, 0, 2] < 0  # descent flattens towards the uniform reference
 
@@ -67,20 +67,20 @@ def test_loss_gradient_pushes_up_positive_advantages() -> None:
     logits = torch.zeros(2, 3, 5, requires_grad=True)
     tokens = torch.tensor([[0, 1, 2], [3, 4, 0]])
     logp = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    parts = grpo_loss(logp, logp.detach(), k3_kl(logp, logp.detach()), torch.tensor([1.0, -1.0]), beta=0.04, clip=0.2)
+    parts = grpo_loss(logp, k3_kl(logp, logp.detach()), torch.tensor([1.0, -1.0]), beta=0.04)
     parts.loss.backward()
-    assert float(parts.kl) == 0.0 and float(parts.clipped_fraction) == 0.0
+    assert float(parts.kl) == 0.0 and float(parts.loss.detach()) == 0.0  # the mean advantage is 0 and the ratio 1
     assert (logits.grad[0].gather(-1, tokens[0].unsqueeze(-1)) < 0).all()  # descent raises these
     assert (logits.grad[1].gather(-1, tokens[1].unsqueeze(-1)) > 0).all()
 
 
-def test_clipping_and_mask() -> None:
-    logp = torch.tensor([[0.0, 0.0]])
-    old = torch.tensor([[-1.0, 0.0]])  # first token's ratio e > 1 + clip
-    parts = grpo_loss(logp, old, None, torch.tensor([1.0]), beta=0.0, clip=0.2)
-    assert float(parts.clipped_fraction) == 0.5
-    masked = grpo_loss(logp, old, None, torch.tensor([1.0]), beta=0.0, clip=0.2, mask=torch.tensor([[0.0, 1.0]]))
-    assert float(masked.loss) == pytest.approx(-1.0)
+def test_the_mask_leaves_tokens_out_of_loss_and_gradient() -> None:
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    kl = torch.tensor([[5.0, 1.0]])
+    masked = grpo_loss(logp, kl, torch.tensor([2.0]), beta=0.5, mask=torch.tensor([[0.0, 1.0]]))
+    assert float(masked.loss.detach()) == pytest.approx(-2.0 + 0.5 * 1.0)  # the ratio is 1: -advantage + beta x KL of token 2
+    masked.loss.backward()
+    assert logp.grad.tolist() == [[0.0, -2.0]]
 
 
 def test_entropy_of_uniform() -> None:

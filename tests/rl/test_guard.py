@@ -61,7 +61,7 @@ def test_realism_check_trips_on_images_that_leave_the_data_while_diversity_holds
 
 
 def test_pixel_spread_trips_on_near_copies_while_codes_and_features_still_vary() -> None:
-    """The guarded runs of the tenth session: distinct codes and feature spread held, one scene per prompt."""
+    """Guarded runs that hacked the reward: distinct codes and feature spread held, one scene per prompt."""
     pixels = [0.080, 0.078, 0.076, 0.060, 0.045, 0.030, 0.025, 0.020]
     copying = [h | {"pixel_spread": p} for h, p in zip(steps([1.0] * 8, [4.0] * 8), pixels, strict=True)]
     assert run_guard(guard(0.6, 0.15), copying) is None
@@ -70,7 +70,7 @@ def test_pixel_spread_trips_on_near_copies_while_codes_and_features_still_vary()
 
 
 def test_realism_bound_is_off_where_no_real_renders_are_measured() -> None:
-    params = RLParams(max_frechet_ratio=3.0, guard_window=3)
+    params = RLParams(max_frechet_ratio=3.0, guard_window=3, min_distinct=0.0, min_spread_ratio=0.0, min_pixel_spread_ratio=0.0)
     assert not DiversityGuard.from_params(params, realism=False).active
     assert DiversityGuard.from_params(params, realism=True).active
 

@@ -6,15 +6,14 @@ import json
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from selftok.stages.base import INPUTS_RECORD, StageSpec, await_checkpoint_guard, guard_checkpoints, read_spec, resume_fingerprint
-from selftok.stages.train_tokenizer import HISTORY, history_logger
+from selftok.training.history import HISTORY, history_logger
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = StageSpec("rl_finetune@selftok", [], [], ["models/vlm_rl", "checkpoints/rl"], persisted=["checkpoints/rl", "data/codes"])
+SPEC = StageSpec(name="rl_finetune@selftok", params=[], deps=[], outs=["models/vlm_rl", "checkpoints/rl"], persisted=["checkpoints/rl", "data/codes"])
 RUN_A = {"params": "aaa", "inputs": {"models/vlm": "111"}}
 RUN_B = {"params": "aaa", "inputs": {"models/vlm": "222"}}  # a new pretrained model upstream
 
@@ -92,7 +91,7 @@ def test_history_is_rewritten_on_the_tracking_rank_only(tmp_path: Path) -> None:
     (checkpoints / "step_000010").mkdir(parents=True)
     rows = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (5, 10, 15))  # 15: logged after the last checkpoint
     (checkpoints / HISTORY).write_text(rows)
-    history_logger(SimpleNamespace(tracked=False), checkpoints, "train")  # type: ignore[arg-type]
+    history_logger(checkpoints, lambda step, logs: None, trim=False)
     assert (checkpoints / HISTORY).read_text() == rows
-    history_logger(SimpleNamespace(tracked=True), checkpoints, "train")  # type: ignore[arg-type]
+    history_logger(checkpoints, lambda step, logs: None, trim=True)
     assert [json.loads(line)["step"] for line in (checkpoints / HISTORY).read_text().splitlines()] == [5, 10]

@@ -30,7 +30,8 @@ def test_ingest_is_byte_identical_and_manifest_matches(project: Path, tmp_path: 
     assert manifest["key"].is_unique and (manifest["width"] == 16).all() and (manifest["mode"] == "RGB").all()
     assert all(json.loads(m)["prompt"]["prompt"] == c for m, c in zip(manifest["metadata"], manifest["caption"], strict=True))
     assert json.loads((project / "metrics" / "ingest.json").read_text()) == metrics
-    heldout = {r["prompt"] for r in prompt_sets(load_params(project / "params.yaml"))["heldout"]}
+    params = load_params(project / "params.yaml")
+    heldout = {r["prompt"] for r in prompt_sets(params.data, params.seed, params.geneval)["heldout"]}
     train_captions = set(manifest.loc[manifest["split"] == "train", "caption"])
     assert heldout and not heldout & train_captions
 

@@ -3,6 +3,7 @@
 import functools
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +14,20 @@ from PIL import Image
 
 from selftok.data.codes import codes_from_bytes
 from selftok.data.dataset import ACCEPTED_MANIFEST, to_unit
-from selftok.data.retokenize import ShardJob, run_jobs
+from selftok.data.retokenize import ShardJob, plan, run_jobs
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.data.shards import read_samples, write_shards
 from selftok.errors import ShardError
-from selftok.stages.tokenize import plan
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.model import SelftokTokenizer
 
-TINY = {"image_size": 8, "num_tokens": 4, "codebook_size": 16, "code_dim": 4, "encoder_patch": 2, "decoder_patch": 2,
-        "encoder_width": 16, "encoder_depth": 1, "decoder_width": 16, "decoder_depth": 2, "heads": 2, "mlp_ratio": 2.0}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tokenizer"))  # the tokenizer tests' tiny models
+from tokenizer_helpers import tiny_config
 
 
 def tiny_tokenizer() -> SelftokTokenizer:
     torch.manual_seed(0)
-    return SelftokTokenizer(TokenizerConfig(**TINY)).eval()
+    return SelftokTokenizer(TokenizerConfig(**tiny_config())).eval()
 
 
 def load_tiny(folder: Path) -> SelftokTokenizer:

@@ -10,7 +10,8 @@ import torch
 from tokenizer_helpers import color_images, tiny_params
 
 from selftok.tokenizer.model import SelftokTokenizer
-from selftok.tokenizer.train import Callbacks, make_accelerator, train_tokenizer
+from selftok.tokenizer.train import train_tokenizer
+from selftok.training.loop import Callbacks, make_accelerator
 
 torch.set_num_threads(1)
 out = Path(sys.argv[1])

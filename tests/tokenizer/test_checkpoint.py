@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from selftok.tokenizer.checkpoint import latest_checkpoint, load_checkpoint, roll_back_to, save_checkpoint
+from selftok.training.checkpoint import latest_checkpoint, load_checkpoint, roll_back_to, save_checkpoint
 
 
 def test_keep_prunes_all_but_the_newest_and_at_most_finds_an_earlier_one(tmp_path: Path) -> None:

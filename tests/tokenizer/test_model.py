@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from selftok.tokenizer.arch import TokenizerConfig
+from selftok.tokenizer.loss import decoded_pixel_loss
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.quantizer import Quantizer, code_usage
 from selftok.tokenizer.sampler import euler_decode
+from selftok.tokenizer.schedule import first_visible, visible_mask
 
 
 def _perturbed_model(config: TokenizerConfig) -> SelftokTokenizer:
@@ -113,27 +115,24 @@ def test_renderer_starts_as_the_one_step_decoder(tiny_config: TokenizerConfig) -
 
 
 @pytest.mark.parametrize("objective", ["velocity", "x0"])
-def test_pixel_loss_scores_the_autoencoding_samples(tiny_config: TokenizerConfig, objective: str) -> None:
-    """Only the samples at t = 1 get the pixel loss. In pixel space, unweighted, it is their decoder
-    loss: the one-step estimate of x0 against the image, whichever target the decoder predicts."""
-    model = _perturbed_model(dataclasses.replace(tiny_config, objective=objective)).train()
-    images = torch.rand(4, 3, 8, 8) * 2 - 1
-    t, limit = torch.tensor([1.0, 0.5, 1.0, 0.2]), torch.full((4,), tiny_config.num_tokens)
-    noise = torch.randn_like(images)
-    assert model(images, noise, t, limit).pixel is None
-    assert model(images, noise, torch.full((4,), 0.5), limit, images=images).pixel is None  # no sample at t = 1
-    out = model(images, noise, t, limit, images=images)
-    assert out.pixel is not None and out.pixel.shape == (2,)
-    torch.testing.assert_close(out.pixel, out.loss[t == 1])
-    weighted = model(images, noise, t, limit, images=images, pixel_edge_weight=4.0).pixel
-    assert weighted is not None and not torch.allclose(weighted, out.pixel)
-    out.pixel.sum().backward()
+def test_training_loss_is_the_mse_to_the_objective_target(tiny_config: TokenizerConfig, objective: str) -> None:
+    """Plain MSE on latents per sample, against noise - x0 (velocity) or x0, through the schedule's mask."""
+    config = dataclasses.replace(tiny_config, objective=objective)
+    model = _perturbed_model(config).train()
+    x0 = torch.randn(model.input_shape(4))
+    noise, t, limit = torch.randn_like(x0), torch.tensor([1.0, 0.5, 1.0, 0.2]), torch.tensor([4, 4, 2, 0])
+    out = model(x0, noise, t, limit)
+    quant = model.quantizer(model.encoder(x0))
+    x_t = t.view(-1, 1, 1, 1) * noise + (1 - t.view(-1, 1, 1, 1)) * x0
+    visible = visible_mask(first_visible(t, config.num_tokens, config.schedule), limit, config.num_tokens)
+    target = noise - x0 if objective == "velocity" else x0
+    expected = (model.decoder(x_t, t, quant.quantized, visible) - target).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.sum().backward()
     assert model.encoder.embed.weight.grad is not None and model.encoder.embed.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv", "hybrid"])
-def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_path: Path, stem: str) -> None:
-    tiny_config = dataclasses.replace(tiny_config, encoder_stem=stem)
+def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_path: Path) -> None:
     model = _perturbed_model(tiny_config)
     model.renderer = model.new_renderer()
     images = torch.rand(3, 3, 8, 8) * 2 - 1
@@ -143,7 +142,8 @@ def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_
     model.save_renderer(tmp_path / "ren")
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))
     loaded = SelftokTokenizer.from_pretrained(tmp_path / "tok", renderer=tmp_path / "ren")
-    assert loaded.config == model.config
+    assert dataclasses.replace(loaded.config, vae_path=None) == dataclasses.replace(model.config, vae_path=None)
+    assert loaded.config.vae_path == str(tmp_path / "tok" / "vae")  # the folder carries its own copy of the VAE
     assert torch.equal(loaded.encode(images), codes)
     assert torch.equal(loaded.decode(codes, steps=3, seed=1), model.decode(codes, steps=3, seed=1))
     assert torch.equal(loaded.decode(codes, steps=3, prefix=1, seed=1), model.decode(codes, steps=3, prefix=1, seed=1))
@@ -152,24 +152,15 @@ def test_save_and_load_give_identical_outputs(tiny_config: TokenizerConfig, tmp_
         SelftokTokenizer.from_pretrained(tmp_path / "ren", renderer=tmp_path / "tok")
 
 
-def test_encoder_stems(tiny_config: TokenizerConfig) -> None:
-    """Every stem gives one feature per patch; the linear stem keeps the pre-stem weight names
-    (models saved before stems existed still load); the conv stem needs a power-of-two patch;
-    the hybrid stem starts out as its linear part."""
-    images = torch.rand(2, 3, 8, 8) * 2 - 1
-    for stem in ("linear", "conv", "hybrid"):
-        encoder = SelftokTokenizer(dataclasses.replace(tiny_config, encoder_stem=stem)).encoder
-        patches = (8 // tiny_config.encoder_patch) ** 2
-        assert encoder.embed(images).shape == (2, patches, tiny_config.encoder_width)
-        assert encoder(images).shape == (2, tiny_config.num_tokens, tiny_config.encoder_width)
-    linear = SelftokTokenizer(tiny_config).state_dict()
-    assert "encoder.embed.weight" in linear and "encoder.embed.bias" in linear
-    hybrid = SelftokTokenizer(dataclasses.replace(tiny_config, encoder_stem="hybrid")).encoder.embed
-    torch.testing.assert_close(hybrid(images), hybrid.linear(images))
-    hybrid.gate.data.fill_(1.0)
-    torch.testing.assert_close(hybrid(images), hybrid.linear(images) + hybrid.conv(images))
-    with pytest.raises(ValueError, match="power-of-two"):
-        SelftokTokenizer(dataclasses.replace(tiny_config, image_size=12, encoder_patch=3, decoder_patch=3, encoder_stem="conv"))
+def test_the_encoder_embeds_latent_patches_linearly(tiny_config: TokenizerConfig) -> None:
+    """One feature per patch of the latent grid, from one linear map (``encoder.embed``)."""
+    model = SelftokTokenizer(tiny_config)
+    latents = torch.randn(model.input_shape(2))
+    patches = (model.space.size // tiny_config.encoder_patch) ** 2
+    assert model.encoder.embed(latents).shape == (2, patches, tiny_config.encoder_width)
+    assert model.encoder(latents).shape == (2, tiny_config.num_tokens, tiny_config.encoder_width)
+    state = model.state_dict()
+    assert "encoder.embed.weight" in state and "encoder.embed.bias" in state
 
 
 def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +175,7 @@ def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path, monkeypat
         norm_num_groups=4, layers_per_block=1, sample_size=16, shift_factor=0.0609, scaling_factor=1.5305,
     )
     vae.save_pretrained(tmp_path / "vae")
-    config = dataclasses.replace(tiny_config, image_size=16, input_space="vae", vae_path=str(tmp_path / "vae"))
+    config = dataclasses.replace(tiny_config, image_size=16, vae_path=str(tmp_path / "vae"))
     model = SelftokTokenizer(config)
     assert model.input_shape(2) == (2, 4, 8, 8)
     assert not any(p.requires_grad for p in model.space.parameters())
@@ -194,10 +185,11 @@ def test_vae_input_space(tiny_config: TokenizerConfig, tmp_path: Path, monkeypat
     assert torch.allclose(z, expected, atol=1e-5)
     codes = model.encode(images)
     assert model.decode(codes, steps=2).shape == (2, 3, 16, 16)
-    # the pixel loss is on the VAE's decode of the estimate: gradients pass the frozen VAE to the decoder
-    step = model(z, torch.randn_like(z), torch.ones(2), torch.full((2,), config.num_tokens), images=images)
-    step.pixel.sum().backward()
-    assert model.decoder.final.linear.weight.grad is not None and model.decoder.final.linear.weight.grad.abs().sum() > 0
+    # the renderer's pixel loss is on the VAE's decode: gradients pass the frozen VAE to the renderer
+    renderer = model.new_renderer()
+    visible = torch.ones(2, config.num_tokens, dtype=torch.bool)
+    decoded_pixel_loss(model.space.decode, renderer(model.tokens(codes), visible), images, 4.0).sum().backward()
+    assert renderer.net.final.linear.weight.grad is not None and renderer.net.final.linear.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.space.parameters())
     model.save_pretrained(tmp_path / "tok")
     assert not any("vae" in k for k in __import__("safetensors.torch").torch.load_file(str(tmp_path / "tok" / "model.safetensors")))

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizer_helpers import TINY, color_images
+from tokenizer_helpers import color_images, tiny_config
 
 from selftok.data.dataset import to_unit
 from selftok.tokenizer.arch import TokenizerConfig
-from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.registry import load_tokenizer
 from selftok.tokenizer.spatial import Grid, SpatialConfig, SpatialTokenizer, cell_grid, from_cells, to_cells
 from selftok.tokenizer.spatial_params import SpatialParams
 from selftok.tokenizer.spatial_train import train_spatial
-from selftok.tokenizer.train import Callbacks
+from selftok.training.checkpoint import latest_checkpoint
+from selftok.training.loop import Callbacks
 
 ARCH = {
     "num_tokens": 8,
@@ -150,7 +150,7 @@ def test_save_and_load_give_identical_outputs(tmp_path: Path) -> None:
     assert torch.equal(loaded.render(codes, prefix=2), model.render(codes, prefix=2))
     # the registry tells the two kinds apart; Selftok folders load as before
     assert isinstance(load_tokenizer(tmp_path / "spatial"), SpatialTokenizer)
-    SelftokTokenizer(TokenizerConfig(**TINY)).save_pretrained(tmp_path / "selftok")
+    SelftokTokenizer(TokenizerConfig(**tiny_config())).save_pretrained(tmp_path / "selftok")
     assert isinstance(load_tokenizer(tmp_path / "selftok"), SelftokTokenizer)
     with pytest.raises(ValueError, match="selftok-tokenizer/1"):
         SelftokTokenizer.from_pretrained(tmp_path / "spatial")

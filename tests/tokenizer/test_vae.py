@@ -12,12 +12,13 @@ from pydantic import ValidationError
 from tokenizer_helpers import TINY, color_images, tiny_params
 
 from selftok.tokenizer.arch import TokenizerConfig
-from selftok.tokenizer.checkpoint import latest_checkpoint
 from selftok.tokenizer.model import SelftokTokenizer
 from selftok.tokenizer.params import VaeParams
 from selftok.tokenizer.space import VaeSpace
-from selftok.tokenizer.train import Callbacks, train_tokenizer
+from selftok.tokenizer.train import train_tokenizer
 from selftok.tokenizer.vae import build_vae, fit_latent_scaling, latent_modes, reconstruct, train_vae
+from selftok.training.checkpoint import latest_checkpoint
+from selftok.training.loop import Callbacks
 
 
 def tiny_vae_params(**overrides: object) -> VaeParams:
@@ -88,7 +89,7 @@ def test_a_tokenizer_reads_the_trained_latents(tmp_path: Path) -> None:
     fit_latent_scaling(vae, color_images(64))
     vae.save_pretrained(tmp_path / "vae")
     arch = {k: v for k, v in TINY.items() if k not in ("encoder_patch", "decoder_patch")}
-    config = TokenizerConfig(**arch, input_space="vae", vae_path=str(tmp_path / "vae"), encoder_patch=1, decoder_patch=1)
+    config = TokenizerConfig(**arch, vae_path=str(tmp_path / "vae"), encoder_patch=1, decoder_patch=1)
     model = SelftokTokenizer(config)
     assert model.input_shape(2) == (2, 4, 4, 4)
     assert model.space.shift == vae.config.shift_factor and model.space.scale == vae.config.scaling_factor
@@ -99,27 +100,14 @@ def test_a_tokenizer_reads_the_trained_latents(tmp_path: Path) -> None:
     assert (pinned.space.shift, pinned.space.scale) == (0.0, 2.0)
 
 
-def test_cached_latents_train_as_encoding_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(0)
-    vae = build_vae(tiny_vae_params(), 8)
-    fit_latent_scaling(vae, color_images(64))
-    vae.save_pretrained(tmp_path / "vae")
+def test_the_train_set_is_encoded_once_before_the_first_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VAE is frozen, so its latents of the train set are computed once and every step reads them."""
     images = color_images(64, seed=1)
     calls: list[int] = []
     encode = VaeSpace.encode
     monkeypatch.setattr(VaeSpace, "encode", lambda self, x: calls.append(len(x)) or encode(self, x))
-
-    def trained(cache: bool) -> SelftokTokenizer:
-        calls.clear()
-        params = tiny_params(input_space="vae", vae_path=str(tmp_path / "vae"), encoder_patch=1, decoder_patch=1, cache_latents=cache)
-        torch.manual_seed(0)
-        model = SelftokTokenizer(params.architecture(8))
-        train_tokenizer(model, images, params, seed=0, checkpoints=tmp_path / f"ckpt_{cache}")
-        return model
-
-    cached = trained(True)
-    assert calls == [64]  # the whole train set once, before the first step
-    encoded = trained(False)
-    assert calls == [16] * 4  # each step's batch, once
-    for (name, a), b in zip(cached.state_dict().items(), encoded.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, msg=name)
+    params = tiny_params()
+    torch.manual_seed(0)
+    model = SelftokTokenizer(params.architecture(8))
+    train_tokenizer(model, images, params, seed=0, checkpoints=tmp_path / "ckpt")
+    assert calls == [64]

@@ -13,7 +13,8 @@ def test_image_spans_hold_exactly_k_visual_tokens_then_eov(lm: torch.nn.Module, 
     tk = tokenizer
     rows = [t2i_prompt(tk, c) for c in tk.encode_text(data.captions[:3])] + [t2i_prompt(tk, [])] * 3
     ids, mask = left_pad(rows, tk.pad_id)
-    sampler = ImageSpanSampler(tk, ids.shape[1], 3, 2.0, 1.0, 0, torch.Generator().manual_seed(0))
+    sampler = ImageSpanSampler(tokenizer=tk, prompt_length=ids.shape[1], conditional_rows=3, cfg_scale=2.0, temperature=1.0, top_k=0,
+                               generator=torch.Generator().manual_seed(0))
     out = lm.generate(
         input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([sampler]),
         generation_config=_greedy_config(tk, K + 3, True, tk.eos_id),  # room for more: the span must still close at K

@@ -9,6 +9,7 @@ from vlm_fixtures import C, K
 
 from selftok import tracking
 from selftok.config import load_params
+from selftok.stages.arms import SELFTOK
 from selftok.stages.base import guard_checkpoints, input_paths, read_spec, resume_fingerprint, run_stage, used_params
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.synthetic import write_synthetic_codes
@@ -16,7 +17,7 @@ from selftok.vlm.synthetic import write_synthetic_codes
 
 @pytest.mark.integration
 def test_pretrain_vlm_stage_on_synthetic_codes(project: Path) -> None:
-    write_synthetic_codes(project, n_train=64, n_val=16, num_tokens=K, num_codes=C, image_size=16, shard_size=32)
+    write_synthetic_codes(project, SELFTOK.codes, n_train=64, n_val=16, num_tokens=K, num_codes=C, image_size=16, shard_size=32)
     metrics = run_stage("pretrain_vlm@selftok", project)
     assert json.loads((project / "metrics" / "pretrain_vlm.json").read_text()) == metrics
     assert metrics["steps"] == 30

@@ -6,7 +6,7 @@ import pytest
 import torch
 from vlm_fixtures import Data
 
-from selftok.tokenizer.train import Callbacks, make_accelerator
+from selftok.training.loop import Callbacks, make_accelerator
 from selftok.vlm.model import build_lm
 from selftok.vlm.params import VLMParams
 from selftok.vlm.train import evaluate_loss, train_vlm

@@ -1,6 +1,7 @@
 """Selftok code shards: what every AR model trains on.
 
-``data/codes/{train,val}/shard-%06d.tar``; each sample holds ``codes.npy`` (int16/int32 array
+A code folder (an arm's ``codes`` in selftok.paths) holds ``{train,val}/shard-%06d.tar``, the
+manifest and ``info.json`` (K, codebook size, tokenizer digest); each sample holds ``codes.npy`` (int16/int32 array
 of K code ids, coarse-to-fine: index 0 is token v1), ``txt`` (caption), ``json`` (metadata)
 and ``__key__`` (the source sample's key). ``codes.npy`` is read with
 ``allow_pickle=False``, so a hostile shard cannot run code.
@@ -20,8 +21,7 @@ import torch
 
 from selftok.data.shards import read_samples
 
-CODES = Path("data/codes")
-CODES_MANIFEST = CODES / "manifest.parquet"
+CODES_MANIFEST = "manifest.parquet"  # in a code folder: one row per sample (key, split, shard)
 
 
 @dataclass
@@ -55,9 +55,9 @@ def code_sample(key: str, codes: np.ndarray, caption: str, metadata: str) -> dic
     return {"__key__": key, "codes.npy": codes_to_bytes(codes), "txt": caption, "json": metadata}
 
 
-def load_codes(root: Path, split: str, limit: int | None = None, folder: Path = CODES) -> CodeSet:
+def load_codes(root: Path, split: str, limit: int | None = None, *, folder: Path) -> CodeSet:
     """All code samples of a split, in manifest (key) order; ``folder`` is the arm's codes folder."""
-    path = root / folder / CODES_MANIFEST.name
+    path = root / folder / CODES_MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: code manifest not found; run `dvc repro tokenize` first")
     manifest = pd.read_parquet(path)

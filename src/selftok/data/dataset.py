@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 from selftok.data.shards import read_samples
+from selftok.paths import ACCEPTED
 
-ACCEPTED_MANIFEST = Path("data/accepted/manifest.parquet")
+ACCEPTED_MANIFEST = Path(ACCEPTED) / "manifest.parquet"
 # What the image models (VAE, tokenizers, renderer) train on: train and the image-only split,
 # which may hold the held-out colour-shape pairs because the VLM never reads it.
 IMAGE_TRAINING = ("train", "images")

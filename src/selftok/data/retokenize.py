@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from selftok.data.codes import code_sample
-from selftok.data.dataset import decode_png, to_unit
+from selftok.data.dataset import CAPTIONED, accepted_manifest, decode_png, to_unit
 from selftok.data.shards import read_samples, write_shards
 from selftok.errors import ShardError
-from selftok.tracking import file_hash
+from selftok.hashing import file_hash
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,18 @@ class ShardJob:
             return json.loads(self.receipt.read_text()).get("inputs") == self.digest()
         except json.JSONDecodeError:
             return False
+
+
+def plan(root: Path, tokenizer_digest: str, codes: Path) -> list[ShardJob]:
+    """One job per accepted shard of the captioned splits (the image-only split has no use as
+    codes), writing into the code folder ``codes``."""
+    manifest = accepted_manifest(root)
+    manifest = manifest[manifest["split"].isin(CAPTIONED)]
+    jobs = []
+    for (split, shard), rows in manifest.groupby(["split", "shard"], sort=True):
+        target = root / codes / str(split) / Path(str(shard)).name
+        jobs.append(ShardJob(root / str(shard), target, tuple(sorted(rows["key"])), tokenizer_digest))
+    return jobs
 
 
 _worker: dict[str, Any] = {}

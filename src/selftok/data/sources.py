@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from selftok.config import DataParams
+from selftok.data.params import DataParams
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
 from selftok.data.shards import read_samples
 

@@ -3,7 +3,8 @@
 FID needs Inception weights that cannot be fetched here; the Frechet distance between Gaussian
 fits of the evaluator's pooled features measures the same thing in a space trained on this
 world. Evaluator fidelity asks whether a reconstruction still *says* the same thing as its
-original: same objects, shapes, colours and places, as the evaluator reads them.
+original: same objects, shapes, colours and places, as the evaluator reads them. Diversity asks
+whether images of one prompt still differ from each other (collapse shows there).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Collection, Iterator
 import numpy as np
 import torch
 
+from selftok.data.dataset import to_uint8
 from selftok.data.scenes import SHAPES
 from selftok.eval.evaluator import ParsedObject, SceneEvaluator, accuracy, match
 
@@ -35,6 +37,17 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     root = _sqrt_psd(cov_x)
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ cov_y @ root), 0.0, None)).sum()
     return float(((mu_x - mu_y) ** 2).sum() + np.trace(cov_x) + np.trace(cov_y) - 2.0 * cross)
+
+
+def diversity(codes: torch.Tensor, features: torch.Tensor, images: torch.Tensor, group_size: int) -> dict[str, float]:
+    """Within groups: distinct code sequences, the spread of evaluator features, and the per-pixel
+    variance of the images (0-1 scale). Collapse shows here; the pixel spread also shows a group of
+    near-copies whose codes differ and whose off-distribution features still scatter."""
+    groups = codes.view(-1, group_size, codes.shape[1])
+    distinct = sum(len({tuple(row.tolist()) for row in group}) for group in groups) / codes.shape[0]
+    spread = features.view(-1, group_size, features.shape[1]).var(dim=1, correction=0).sum(-1).mean()
+    pixels = (to_uint8(images).float() / 255).view(-1, group_size, *images.shape[1:]).var(dim=1, correction=0).mean()
+    return {"distinct_codes": distinct, "feature_spread": float(spread), "pixel_spread": float(pixels)}
 
 
 def frechet_evaluator_distance(evaluator: SceneEvaluator, images_a: torch.Tensor, images_b: torch.Tensor) -> float:

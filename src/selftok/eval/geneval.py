@@ -15,9 +15,9 @@ The RL reward gives partial credit: the mean of the sub-checks (present, count, 
 position), which is 1 exactly when the image is correct.
 
 Like GenEval, the rules ignore objects nobody asked for: "a photo of a circle" passes with four
-shapes drawn, one of them a circle. RL finds this (docs/rl_finetune.md, tenth session), so every
-judgement also counts the ``extra`` objects, the benchmark reports their mean, and the RL reward
-can take a sub-check against them (``Judgement.shaped_reward``).
+shapes drawn, one of them a circle. RL finds this (docs/experiments.md, "RL recipes and reward
+hacking"), so every judgement also counts the ``extra`` objects, the benchmark reports their
+mean, and the RL reward can take a sub-check against them (``Judgement.shaped_reward``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from selftok.data.params import DataParams
 from selftok.data.scenes import CATEGORIES, COLORS, RELATIONS, SHAPES, SceneConfig, SceneGenerator, make_prompt, render
 from selftok.eval.evaluator import ParsedObject, SceneEvaluator, objects_from_metadata
 from selftok.eval.params import GenevalParams
@@ -40,9 +41,6 @@ from selftok.eval.params import GenevalParams
 POSITION_THRESHOLD = 0.1  # GenEval: offsets shrink by this share of the summed object sizes
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 PROMPT_FILES = {"train": "train.jsonl", "heldout": "heldout.jsonl"}
-
-if TYPE_CHECKING:  # selftok.config imports this package's params; only the annotation is needed
-    from selftok.config import Params
 
 Record = dict[str, Any]
 
@@ -123,11 +121,11 @@ def split_groups(config: SceneConfig, records: Sequence[Record], fraction: float
     return kept, [r for r in records if group_of[r["prompt"]] in aside]
 
 
-def scene_config(params: Params) -> SceneConfig:
-    """The scene world a params file describes (image size, object counts, categories, holdout)."""
-    scenes = params.data.scenes
+def scene_config(data: DataParams) -> SceneConfig:
+    """The scene world of a ``data`` section (image size, object counts, categories, holdout)."""
+    scenes = data.scenes
     return SceneConfig(
-        image_size=params.data.image_size,
+        image_size=data.image_size,
         min_objects=scenes.min_objects,
         max_objects=scenes.max_objects,
         object_size=scenes.object_size,
@@ -136,10 +134,27 @@ def scene_config(params: Params) -> SceneConfig:
     )
 
 
-def prompt_sets(params: Params) -> dict[str, list[Record]]:
-    """The training and held-out prompt sets of a params file: one definition shared by ingest
-    (held-out prompts never caption a training image), VLM scoring, RL and evaluation."""
-    return build_prompt_sets(scene_config(params), params.seed, params.geneval)
+def prompt_sets(data: DataParams, seed: int, params: GenevalParams) -> dict[str, list[Record]]:
+    """The training and held-out prompt sets of a params file (its ``data``, ``seed`` and
+    ``geneval``): one definition shared by ingest (held-out prompts never caption a training
+    image), VLM scoring, RL and evaluation."""
+    return build_prompt_sets(scene_config(data), seed, params)
+
+
+def per_category(records: Sequence[Record], limit: int) -> list[Record]:
+    """At most ``limit`` records of each category, in the set's order."""
+    taken: dict[str, int] = {}
+    out = []
+    for r in records:
+        if taken.get(r["tag"], 0) < limit:
+            taken[r["tag"]] = taken.get(r["tag"], 0) + 1
+            out.append(r)
+    return out
+
+
+def heldout_records(data: DataParams, seed: int, params: GenevalParams, limit: int) -> list[Record]:
+    """The benchmark's prompts: held-out prompts, at most ``limit`` per category."""
+    return per_category(prompt_sets(data, seed, params)["heldout"], limit)
 
 
 def write_prompt_sets(folder: Path, config: SceneConfig, seed: int, params: GenevalParams) -> dict[str, Path]:
@@ -305,7 +320,7 @@ def sampling_se(categories: Sequence[Sequence[Sequence[bool]]]) -> float:
     estimated with the unbiased m_i / (m_i - 1) correction, and overall averages the categories.
     The held-out set is small (two single_object prompts), so this is about 2 points at 16
     images per prompt, and two such scores must differ by about 5 points (two standard errors of
-    the difference) before the difference stands out of the noise (docs/rl_finetune.md)."""
+    the difference) before the difference stands out of the noise (docs/experiments.md, How to compare)."""
     variance = 0.0
     for groups in categories:
         n = sum(len(hits) for hits in groups)
@@ -341,10 +356,10 @@ def table(summary: dict[str, Any]) -> str:
 
 
 # --- sanity checks -------------------------------------------------------------------------
-def real_renders(params: Params, records: Sequence[Record], per_prompt: int) -> torch.Tensor:
-    """uint8 real renders of prompts from the params' scene world, ``per_prompt`` each (prompt-major):
-    the data a model's images of the same prompts are compared with."""
-    generator = SceneGenerator(scene_config(params), params.data.scenes.seed)
+def real_renders(data: DataParams, records: Sequence[Record], per_prompt: int) -> torch.Tensor:
+    """uint8 real renders of prompts from the scene world of ``data``, ``per_prompt`` each
+    (prompt-major): the data a model's images of the same prompts are compared with."""
+    generator = SceneGenerator(scene_config(data), data.scenes.seed)
     return render_prompts(records, generator, per_prompt)[1]
 
 

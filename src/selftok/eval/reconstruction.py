@@ -16,6 +16,7 @@ from selftok.data.dataset import to_unit
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.fidelity import frechet_evaluator_distance, reconstruction_agreement
 from selftok.tokenizer.metrics import batched, prefix_lengths, psnr_8bit, ssim_8bit
+from selftok.tokenizer.quantizer import code_usage
 from selftok.tokenizer.registry import AnyTokenizer
 
 
@@ -58,3 +59,25 @@ def reconstruction_table(
 
 def row(table: list[dict[str, Any]], decoder: str, k: int) -> dict[str, Any]:
     return next(r for r in table if r["decoder"] == decoder and r["k"] == k)
+
+
+def table_summary(table: list[dict[str, Any]], codes: torch.Tensor, num_tokens: int, codebook_size: int) -> dict[str, Any]:
+    """Headline numbers of one tokenizer's table: renderer at all K, its prefix curve, the no-token
+    baseline, code usage, and the diffusion decoder's where the tokenizer has one (Selftok)."""
+    full = row(table, "renderer", num_tokens)
+    diffusion = any(r["decoder"] == "diffusion" for r in table)
+    summary = {
+        "psnr_renderer": full["psnr"],
+        "ssim_renderer": full["ssim"],
+        "psnr_no_tokens": row(table, "diffusion" if diffusion else "renderer", 0)["psnr"],
+        "prefix_psnr": {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "renderer" and r["k"] > 0},
+        "active_code_fraction": code_usage(codes, codebook_size)["active_code_fraction"],
+        "evaluator_fidelity": full["evaluator_fidelity"],
+        "shape_agreement": full["shape_agreement"],
+        "color_agreement": full["color_agreement"],
+        "frechet_evaluator_distance": full["frechet_evaluator_distance"],
+    }
+    if diffusion:
+        summary["psnr_diffusion"] = row(table, "diffusion", num_tokens)["psnr"]
+        summary["prefix_psnr_diffusion"] = {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "diffusion" and r["k"] > 0}
+    return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,10 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or GUI stat
 from mlflow.tracking import MlflowClient
 
 from selftok.data.scenes import CATEGORIES
-from selftok.tracking import flatten
+from selftok.nested import flatten
 
-REPORTS = Path("reports")
-IMAGES = REPORTS / "images"
+IMAGES = "images"  # in the report folder: what evaluate saved, and the curves
+RECONSTRUCTION = "reconstruction.json"  # in the report folder: the reconstruction table
 CURVES = {  # stage -> metric keys worth plotting
     "train_vae": ["train.loss"],
     "train_tokenizer": ["train.loss"],
@@ -96,61 +97,63 @@ def side_by_side(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"metric": k, **{name: f[k] for name, f in flat.items()}} for k in keys]
 
 
-def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
-    """Write reports/index.html from the evaluate metrics and saved images; returns its path."""
-    table = json.loads((root / IMAGES.parent / "reconstruction.json").read_text())
-    curves = plot_curves(experiment, root / IMAGES)
-    images = sorted(
-        p.relative_to(root / REPORTS).as_posix() for p in (root / IMAGES).glob("*.png") if not p.name.startswith("curve_")
-    )
+def generation_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The generation table: per category, then the diversity, clutter and strict rows, for the
+    pretrained and RL models beside real renders (the data through the tokenizer: what a model
+    drawing like its data scores)."""
     generation, ceiling = metrics.get("generation", {}), metrics.get("data_ceiling", {})
-    gen_rows = [  # real renders: the data through the tokenizer, what a model drawing like its data scores
-        {"category": c, **{m: generation.get(m, {}).get(c) for m in ("pretrained", "rl")}, "real renders": ceiling.get(c)}
-        for c in [*CATEGORIES, "overall"]
+    reference = metrics.get("diversity_reference", {})
+
+    def models(get: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        return {m: get(generation.get(m, {})) for m in ("pretrained", "rl")}
+
+    rows = [{"category": c, **models(lambda g, c=c: g.get(c)), "real renders": ceiling.get(c)} for c in [*CATEGORIES, "overall"]]
+    return [
+        *rows,
+        # collapse shows as a spread far below that of real renders of the same prompts
+        {"category": "feature spread per prompt", **models(lambda g: g.get("diversity", {}).get("feature_spread")),
+         "real renders": reference.get("feature_spread")},
+        # near-copies within a prompt show here even when codes differ and features scatter
+        {"category": "pixel spread per prompt", **models(lambda g: g.get("diversity", {}).get("pixel_spread")),
+         "real renders": reference.get("pixel_spread")},
+        # objects beyond those asked: clutter passes GenEval's rules (docs/experiments.md, RL recipes)
+        {"category": "extra objects per image", **models(lambda g: g.get("extra_objects")), "real renders": ceiling.get("extra_objects")},
+        {"category": "overall, correct with no extra object", **models(lambda g: g.get("overall_strict")),
+         "real renders": ceiling.get("overall_strict")},
     ]
-    gen_rows.append({  # collapse shows as a spread far below that of real renders of the same prompts
-        "category": "feature spread per prompt",
-        **{m: generation.get(m, {}).get("diversity", {}).get("feature_spread") for m in ("pretrained", "rl")},
-        "real renders": metrics.get("diversity_reference", {}).get("feature_spread"),
-    })
-    gen_rows.append({  # near-copies within a prompt show here even when codes differ and features scatter
-        "category": "pixel spread per prompt",
-        **{m: generation.get(m, {}).get("diversity", {}).get("pixel_spread") for m in ("pretrained", "rl")},
-        "real renders": metrics.get("diversity_reference", {}).get("pixel_spread"),
-    })
-    gen_rows.append({  # objects beyond those asked: clutter passes GenEval's rules (docs/rl_finetune.md)
-        "category": "extra objects per image",
-        **{m: generation.get(m, {}).get("extra_objects") for m in ("pretrained", "rl")},
-        "real renders": ceiling.get("extra_objects"),
-    })
-    gen_rows.append({
-        "category": "overall, correct with no extra object",
-        **{m: generation.get(m, {}).get("overall_strict") for m in ("pretrained", "rl")},
-        "real renders": ceiling.get("overall_strict"),
-    })
-    promotion = metrics.get("promotion", {})
+
+
+def _control_section(metrics: dict[str, Any]) -> list[str]:
     comparison = side_by_side(metrics)
-    control = [
-        "<h2>Selftok vs spatial-token control (issue 10)</h2>",
+    if not comparison or len(comparison[0]) <= 2:
+        return []
+    return [
+        "<h2>Selftok vs spatial-token control</h2>",
         "<p>Same data, K, codebook and bits per image, same VLM, RL and sampling recipe; only the tokens differ. "
         "rl_gain = RL minus pretrained GenEval-style score; entropy in nats by position (pretrained VLM, val codes).</p>",
         _table(comparison, list(comparison[0])),
-    ] if comparison and len(comparison[0]) > 2 else []
+    ]
+
+
+def build_report(folder: Path, metrics: dict[str, Any], experiment: str) -> Path:
+    """Write ``folder``/index.html from the evaluate metrics and the images and reconstruction table
+    saved in ``folder``; returns its path."""
+    table = json.loads((folder / RECONSTRUCTION).read_text())
+    curves = plot_curves(experiment, folder / IMAGES)
+    images = sorted(p.relative_to(folder).as_posix() for p in (folder / IMAGES).glob("*.png") if not p.name.startswith("curve_"))
+    headline = [{"metric": k, "value": v} for k, v in sorted(flatten(metrics).items()) if isinstance(v, (int, float, str))]
     sections = [
         "<h1>Selftok pipeline report</h1>",
         "<h2>Headline</h2>",
-        _table(
-            [{"metric": k, "value": v} for k, v in sorted(flatten(metrics).items()) if isinstance(v, (int, float, str))],
-            ["metric", "value"],
-        ),
+        _table(headline, ["metric", "value"]),
         "<h2>Reconstruction by prefix (val)</h2>",
         "<p>k = number of leading tokens v1..vk visible; k = 0 is the no-token baseline. 8-bit PSNR protocol.</p>",
         _table(table, ["decoder", "k", "psnr", "ssim", "frechet_evaluator_distance", "evaluator_fidelity", "shape_agreement", "color_agreement"]),
         "<h2>Generation (held-out prompts, GenEval-style)</h2>",
-        _table(gen_rows, ["category", "pretrained", "rl", "real renders"]),
-        *control,
+        _table(generation_rows(metrics), ["category", "pretrained", "rl", "real renders"]),
+        *_control_section(metrics),
         "<h2>Promotion</h2>",
-        _table([{"key": k, "value": v} for k, v in promotion.items()], ["key", "value"]),
+        _table([{"key": k, "value": v} for k, v in metrics.get("promotion", {}).items()], ["key", "value"]),
         "<h2>Images</h2>",
         *[f"<figure><img src='{p}'><figcaption>{html.escape(p)}</figcaption></figure>" for p in images],
         "<h2>Curves</h2>",
@@ -160,7 +163,7 @@ def build_report(root: Path, metrics: dict[str, Any], experiment: str) -> Path:
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{image-rendering:pixelated;max-width:100%}"
     )
-    out = root / REPORTS / "index.html"
+    out = folder / "index.html"
     out.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>Selftok report</title><style>{style}</style>"
         f"</head><body>{''.join(sections)}</body></html>\n"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from selftok.config import params_hash
 from selftok.data.dataset import ImageSet, to_unit
 from selftok.data.scenes import BACKGROUNDS, COLORS
 from selftok.eval.evaluator import (
@@ -31,7 +30,10 @@ from selftok.eval.evaluator import (
     targets_for,
 )
 from selftok.eval.params import Corruption, EvaluatorParams
-from selftok.tokenizer.checkpoint import STATE, latest_checkpoint, load_checkpoint, save_checkpoint
+from selftok.progress import track
+from selftok.schema import params_hash
+from selftok.training.checkpoint import STATE, latest_checkpoint, load_checkpoint, save_checkpoint
+from selftok.training.schedules import warmup_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,45 @@ def evaluate_parses(model: SceneEvaluator, images: torch.Tensor, data: ImageSet,
     return accuracy(truths, model.parse(images), params.match_tolerance * model.config.image_size)
 
 
+@dataclass(kw_only=True)
+class _Epochs:
+    """The evaluator's optimisation on one training set, an epoch at a time: each epoch draws its
+    order and augmentations from (seed, epoch), so a resumed run continues exactly."""
+
+    model: SceneEvaluator
+    optimizer: torch.optim.Optimizer
+    data: ImageSet
+    targets: torch.Tensor
+    layers: ColourLayers
+    params: EvaluatorParams
+    seed: int
+    device: torch.device | str
+
+    def run(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (the ragged tail dropped: BatchNorm dislikes tiny batches); its mean losses."""
+        params, n = self.params, len(self.data)
+        batch = min(params.batch_size, n)
+        steps = max(1, n // batch)
+        total = params.epochs * steps
+        warmup = max(1, round(params.warmup_fraction * total))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=generator)
+        self.model.train()
+        sums: dict[str, float] = {}
+        for step in range(steps):
+            index = order[step * batch : (step + 1) * batch]
+            x, t = augment(index, self.data.images[index], self.targets[index], self.layers, params, generator)
+            for group in self.optimizer.param_groups:
+                group["lr"] = warmup_cosine_lr(params.lr, epoch * steps + step, total, warmup)
+            losses = detection_loss(self.model, self.model(x.to(self.device)), t.to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            self.optimizer.step()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+        return {f"loss_{k}": v / steps for k, v in sums.items()}
+
+
 def train_evaluator(
     train: ImageSet,
     val: ImageSet,
@@ -187,9 +228,8 @@ def train_evaluator(
     """Train on ``train`` renders, tracking accuracy on ``val`` each epoch; returns the model
     and the per-epoch history. Resumes from ``checkpoint_dir`` when it holds a checkpoint of
     the same params and data (the final one too, so an identical rerun does no training)."""
-    image_size = int(train.images.shape[-1])
     config = EvaluatorConfig(
-        image_size=image_size,
+        image_size=int(train.images.shape[-1]),
         grid=params.grid,
         width=params.width,
         score_threshold=params.score_threshold,
@@ -201,43 +241,18 @@ def train_evaluator(
     targets = targets_for(train.metadata, config)
     layers = ColourLayers.from_set(train, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, betas=(0.9, 0.99))
-    n = len(train)
-    batch = min(params.batch_size, n)
-    steps_per_epoch = max(1, n // batch)  # drop the ragged tail: BatchNorm dislikes tiny batches
-    total_steps = params.epochs * steps_per_epoch
-    warmup = max(1, round(params.warmup_fraction * total_steps))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return params.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return params.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
+    epochs = _Epochs(model=model, optimizer=optimizer, data=train, targets=targets, layers=layers, params=params, seed=seed,
+                     device=device)
     start_epoch, history = _resume(checkpoint_dir, fingerprint, model, optimizer)
-    for epoch in range(start_epoch, params.epochs):
+    for epoch in track(range(start_epoch, params.epochs), "evaluator epochs", total=params.epochs, initial=start_epoch):
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=generator)
-        model.train()
-        sums: dict[str, float] = {}
-        for step in range(steps_per_epoch):
-            index = order[step * batch : (step + 1) * batch]
-            x, t = augment(index, train.images[index], targets[index], layers, params, generator)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + step)
-            losses = detection_loss(model, model(x.to(device)), t.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-        row = {f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}
+        row = epochs.run(epoch)
         row |= {f"val_{k}": v for k, v in evaluate_parses(model, val.images, val, params).items()}
         row["epoch_seconds"] = time.perf_counter() - started
         history.append(row)
         if log_metrics is not None:
             log_metrics(row, epoch + 1)
-        log.info(
+        log.debug(  # the curves are in MLflow; the console shows the epochs' progress
             "evaluator epoch %d/%d: loss %.4f, val scene accuracy %.4f",
             epoch + 1,
             params.epochs,

@@ -1,17 +1,16 @@
 """Group-normalised policy gradient over visual tokens (GRPO, as in Selftok-Zero).
 
 For each prompt a group of G images is sampled and rewarded; a sample's advantage is its
-reward standardised within its group, shared by every visual token of that sample. The loss is
+reward standardised within its group, shared by every visual token of that sample. Each batch
+makes a single update, so the PPO ratio is exactly 1 in value and its clipping never acts; the
+loss is the plain policy gradient
 
-    - mean_i mean_k [ min(r_ik A_i, clip(r_ik, 1-eps, 1+eps) A_i) ] + beta * mean_i mean_k KL_ik
+    - mean_i mean_k [ r_ik A_i ] + beta * mean_i mean_k KL_ik,   r_ik = exp(log pi - sg(log pi))
 
-with r_ik = pi(v_k | prefix) / pi_old(v_k | prefix) (exactly 1 in value, with the gradient of
-log pi, when each batch is used for a single update, i.e. plain policy gradient) and KL_ik a
-per-token KL(pi || ref) against a frozen reference policy, either the k3 estimator on the sampled
-token, exp(ref - logp) - (ref - logp) - 1 (non-negative, unbiased when tokens are drawn from pi),
-or the exact sum over the whole visual vocabulary. The exact form matters when tokens are drawn
-from another distribution than pi (CFG, min-p): k3 then never sees the mass pi moves onto tokens
-the sampler does not draw.
+with KL_ik the k3 estimate of KL(pi || ref) on the sampled token against a frozen reference,
+exp(ref - logp) - (ref - logp) - 1 (non-negative, unbiased when tokens are drawn from pi). The
+exact KL over the whole visual vocabulary is logged beside it: it sees probability moved onto
+codes the guided sampler never draws, which k3 cannot.
 """
 
 from __future__ import annotations
@@ -57,25 +56,20 @@ class LossParts:
     loss: torch.Tensor
     policy: torch.Tensor
     kl: torch.Tensor
-    clipped_fraction: torch.Tensor
 
 
 def grpo_loss(
     logp: torch.Tensor,
-    old_logp: torch.Tensor,
     kl: torch.Tensor | None,
     advantages: torch.Tensor,
     beta: float,
-    clip: float,
     mask: torch.Tensor | None = None,
 ) -> LossParts:
-    """logp/old_logp [N, K] for the sampled visual tokens; kl [N, K] per token (None: no penalty);
-    advantages [N]."""
+    """logp [N, K] of the sampled visual tokens (with gradient); kl [N, K] per token (None: no
+    penalty); advantages [N]."""
     mask = torch.ones_like(logp) if mask is None else mask.to(logp.dtype)
-    ratio = torch.exp(logp - old_logp.detach())
-    adv = advantages.detach().unsqueeze(1)
-    unclipped, clipped = ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv
-    per_token = -torch.minimum(unclipped, clipped)
+    ratio = torch.exp(logp - logp.detach())  # 1, with the gradient of log pi
+    per_token = -ratio * advantages.detach().unsqueeze(1)
     kl = torch.zeros_like(logp) if kl is None or beta == 0 else kl
     per_sample = ((per_token + beta * kl) * mask).sum(1) / mask.sum(1).clamp_min(1)
     denominator = mask.sum().clamp_min(1)
@@ -83,5 +77,4 @@ def grpo_loss(
         loss=per_sample.mean(),
         policy=((per_token * mask).sum() / denominator).detach(),
         kl=((kl * mask).sum() / denominator).detach(),
-        clipped_fraction=((unclipped != clipped).to(logp.dtype) * mask).sum() / denominator,
     )

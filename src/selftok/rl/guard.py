@@ -5,10 +5,10 @@ Every measure is averaged over the last ``window`` steps of the training samples
 - the spread of evaluator features within a group (images that differ only in codes the
   evaluator cannot see: collapse in what the images show);
 - the per-pixel spread within a group: near-copies of one scene whose codes differ and whose
-  off-distribution features still scatter (docs/rl_finetune.md, eleventh session);
+  off-distribution features still scatter (docs/experiments.md, "Guards");
 - the realism check: the Frechet distance of the samples to real renders of RL prompts on the
   evaluator's features. A policy that wins the judge with images unlike the data (blob
-  templates the evaluator reads as several objects; tenth session) moves far on it while both
+  templates the evaluator reads as several objects) moves far on it while both
   diversity measures stay high.
 The share of distinct codes has an absolute floor; the others are held against the run's own
 first window (``Bound``), whose values are kept in the checkpoints. A dip that recovers stays

@@ -1,80 +1,58 @@
 """params.yaml section `rl`: GRPO on visual tokens (Selftok-Zero, METHOD.md section 5).
 
 Generations use the VLM's sampling recipe (`vlm.sampling`: CFG, temperature, top-k), the same
-one evaluation uses, so the reward is measured on what the benchmark will see.
+one evaluation uses, so the reward is measured on what the benchmark will see. Each batch of
+samples makes one update; the gradient is the conditional model's (off-policy to the guided
+sampler), the KL is the k3 estimate on the drawn tokens, prompts come in balanced categories,
+and with validation on, the weights that validated best are kept (docs/experiments.md, "RL
+recipes" and "Selection of the RL weights").
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
-from selftok.schema import LRDecay, StrictModel
-
-Positive = Annotated[int, Field(ge=1)]
-PromptMix = Literal["balanced", "uniform"]
-KLEstimator = Literal["k3", "exact"]
-PolicyKind = Literal["conditional", "guided"]
-Selection = Literal["last", "best_val"]
+from selftok.schema import Fraction, Positive, StrictModel, fill_absent
 
 
 class RLParams(StrictModel):
-    steps: Positive = 60
-    seed: int | None = None  # prompt draws and samples; None: the global seed (which also splits the prompts)
-    prompts_per_step: Positive = 8
-    prompt_mix: PromptMix = "balanced"  # balanced: categories in turn (as the benchmark weighs them) | uniform
-    group_size: int = Field(8, ge=2)  # G images per prompt (paper 24)
-    lr: float = Field(5e-5, gt=0.0, le=1.0)
-    lr_decay: LRDecay = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    beta: float = Field(0.04, ge=0.0)  # KL weight against the frozen reference (paper 0.04-0.05)
-    kl_estimator: KLEstimator = "k3"  # k3 on the sampled token | exact: summed over the visual vocabulary
-    policy: PolicyKind = "conditional"  # log-probs of the gradient: conditional model | guided: the sampler's own (on-policy)
-    clip: float = Field(0.2, gt=0.0, lt=1.0)  # ratio clipping, active when updates_per_batch > 1
-    updates_per_batch: Positive = 1  # >1: the old-policy variant (PPO-style ratios on reused samples)
-    advantage_eps: float = Field(1e-4, gt=0.0)
-    # reward: one more sub-check, asked / (asked + extra objects), against clutter GenEval's rules let pass
-    penalize_extra_objects: bool = False
-    # pretraining mix (InstructGPT's PPO-ptx): ptx_coef x the pretraining next-token loss on ptx_batch
-    # sequences of the arm's training codes, added to every update, anchors the policy on all prompts (0: off)
-    ptx_coef: float = Field(0.0, ge=0.0)
-    ptx_batch: Positive = 32
-    # reward: - realism_coef x max(0, ratio - 1), ratio = an image's k-NN distance (evaluator features) to the real
-    # renders of realism_prompts RL prompts per category over theirs among themselves (selftok.rl.realism; 0: off)
-    realism_coef: float = Field(0.0, ge=0.0)
-    # diversity guard (selftok.rl.guard): stop and keep the last checkpoint when, over guard_window steps, the
-    # share of distinct code sequences per group falls below min_distinct, the evaluator-feature spread
-    # below min_spread_ratio x that of the first window, or the per-pixel spread below
-    # min_pixel_spread_ratio x that of the first window (near-copies of one scene; 0: off)
-    min_distinct: float = Field(0.0, ge=0.0, le=1.0)
-    min_spread_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    min_pixel_spread_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    guard_window: Positive = 10
-    # realism: the samples' Frechet distance to real renders of realism_prompts RL prompts per category is logged;
-    # the guard stops when, over guard_window steps, it exceeds max_frechet_ratio x that of the first window (0: off)
-    max_frechet_ratio: float = Field(0.0, ge=0.0)
-    realism_prompts: Positive = 8
-    # carry-over validation (selftok.rl.selection): val_fraction of each category's RL prompt groups are never
-    # trained on; every val_every steps the policy draws val_images images for each of them (at most val_prompts
-    # per category), scored strict. select: best_val keeps the best-scoring weights (the pretrained ones
-    # included), last the last (the guard may still roll back). val_fraction 0: off. A later step replaces
-    # the best only when it scores higher by more than select_margin standard errors of the difference
-    # (sampling noise of both scores; 0: any higher score)
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    val_prompts: Positive = 8
-    val_images: Positive = 16
-    val_every: Positive = 20
-    select: Selection = "last"
-    select_margin: float = Field(0.0, ge=0.0)
-    checkpoint_every: Positive = 10
-    log_every: Positive = 1
-    sample_every: Positive = 20  # steps between logged sample grids
+    """The GRPO recipe, its reward, the diversity guard and carry-over validation."""
 
-    @model_validator(mode="after")
-    def _check(self) -> RLParams:
-        if self.select == "best_val" and self.val_fraction == 0:
-            raise ValueError("select 'best_val' needs val_fraction > 0 (prompts to validate on)")
-        return self
+    steps: Positive = Field(300, description="RL steps, at most (the guard may stop the run earlier)")
+    seed: int | None = Field(None, description="RL's prompt draws and samples (absent: the global seed, which also splits the prompts)")
+    prompts_per_step: Positive = Field(8, description="prompts per step, categories in turn (as the benchmark weighs them)")
+    group_size: int = Field(16, ge=2, description="images per prompt (paper 24)")
+    lr: float = Field(2e-4, gt=0.0, le=1.0, description="learning rate, constant after warmup")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    beta: float = Field(0.04, ge=0.0, description="KL weight to the frozen pretrained model (k3 estimate; paper 0.04-0.05)")
+    penalize_extra_objects: bool = Field(True, description="reward: + a sub-check against objects nobody asked for")
+    ptx_coef: float = Field(0.3, ge=0.0, description="pretraining mix (PPO-ptx): + this x next-token loss on ptx_batch codes (0: off)")
+    ptx_batch: Positive = Field(32, description="training sequences of the pretraining mix per update")
+    # diversity guard (selftok.rl.guard): stop, keeping the checkpoint from before the window, when over
+    # guard_window steps one of these falls (ratios against the run's own first window; 0: off)
+    min_distinct: Fraction = Field(0.6, description="guard: share of distinct code sequences per group")
+    min_spread_ratio: Fraction = Field(0.15, description="guard: evaluator-feature spread within groups")
+    min_pixel_spread_ratio: Fraction = Field(0.6, description="guard: per-pixel spread within groups")
+    guard_window: Positive = Field(20, description="guard: steps averaged")
+    max_frechet_ratio: float = Field(3.0, ge=0.0, description="guard: Frechet distance to real renders, upper bound (0: off)")
+    realism_prompts: Positive = Field(8, description="RL prompts per category whose real renders the Frechet distance uses")
+    # carry-over validation (selftok.rl.selection): this share of each category's RL prompt groups is never
+    # trained on; every val_every steps the policy draws val_images per set-aside prompt, scored strict
+    val_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="validation: share of prompt groups set aside (0: off, keep the last weights)")
+    val_prompts: Positive = Field(8, description="validation: set-aside prompts per category, at most")
+    val_images: Positive = Field(16, description="validation: images per set-aside prompt")
+    val_every: Positive = Field(20, description="validation: steps between scores")
+    select_margin: float = Field(2.0, ge=0.0, description="a later step beats the best only by > this many standard errors")
+    checkpoint_every: Positive = Field(10, description="steps between checkpoints (also where the guard can roll back to)")
+    sample_every: Positive | None = Field(None, description="steps between logged sample grids (absent: val_every)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sample_every(cls, data: Any) -> Any:
+        """Sample grids come with validation scores unless asked otherwise."""
+        if isinstance(data, dict):
+            return fill_absent(data, {"sample_every": data.get("val_every") or cls.model_fields["val_every"].default})
+        return data

@@ -1,15 +1,15 @@
 """Carry-over validation: choose RL's weights by prompts the policy never trains on.
 
 RL learns the prompts it trains on and can unlearn others: on shape-carrying tokens it drew its
-own single-object shapes for held-out ones (docs/rl_finetune.md, twelfth session). The reward on
+own single-object shapes for held-out ones (docs/experiments.md, "RL recipes"). The reward on
 training prompts cannot show that. So the stage sets a share of RL's own prompt groups aside
-(``geneval.split_groups``), scores the policy on them every ``rl.val_every`` steps, and with
-``rl.select: best_val`` keeps the weights that scored best, the pretrained ones (step 0)
-included. The benchmark's held-out prompts stay unseen: they judge the choice, not make it.
+(``geneval.split_groups``), scores the policy on them every ``rl.val_every`` steps, and keeps
+the weights that scored best, the pretrained ones (step 0) included. The benchmark's held-out
+prompts stay unseen: they judge the choice, not make it.
 
 A score is one draw of images, and the best of fifteen noisy draws is usually a lucky one
-(docs/rl_finetune.md, fourteenth session). So with a ``margin`` a later step beats the best only
-when its score is higher by more than ``margin`` standard errors of the difference, from the
+(docs/experiments.md, "Selection of the RL weights"). So with a ``margin`` a later step beats
+the best only when its score is higher by more than ``margin`` standard errors of the difference, from the
 ``<key>_se`` the scores carry; otherwise the earlier weights, in the end the pretrained ones, stay.
 
 Only records are kept on disk: weights whose score beats the best before it. The best weights at

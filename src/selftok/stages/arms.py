@@ -1,10 +1,8 @@
-"""The tokenizer arms: Selftok (the method) and the spatial-token control (issue 10).
+"""The tokenizer arms: Selftok (the method) and the spatial-token control.
 
 tokenize, pretrain_vlm and rl_finetune run once per arm as DVC ``foreach`` stages
 (``tokenize@selftok``, ``tokenize@spatial``, ...) with the same code; an arm says only where
-its inputs and outputs live. The Selftok arm keeps the paths the pipeline always had, so
-existing users, docs and commands are unaffected. dvc.yaml's ``vars.arms`` repeats these paths
-for DVC (it cannot import Python); a test checks the two agree.
+its inputs and outputs live. Its paths are ``selftok.paths.ARMS``, which dvc.yaml reads too.
 """
 
 from __future__ import annotations
@@ -12,15 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from selftok import paths
 from selftok.stages.base import StageContext
 from selftok.tokenizer.registry import AnyTokenizer, load_tokenizer
-from selftok.vlm.decode import render_fn
-from selftok.vlm.scores import DecodeFn
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Arm:
     """Where one arm's models, codes and checkpoints live (paths relative to the project root)."""
 
@@ -32,12 +27,19 @@ class Arm:
     vlm_rl: Path
     vlm_checkpoints: Path
     rl_checkpoints: Path
-    registered_vlm: str  # MLflow registered model of this arm's VLMs (promotion is Selftok's only)
+    suffix: str  # appended to the names of the arm's metrics files and report images
+
+    @classmethod
+    def from_paths(cls, name: str, folders: dict[str, str]) -> Arm:
+        """The arm ``name`` of ``selftok.paths.ARMS``."""
+        fields = {key: Path(value) for key, value in folders.items() if key not in ("renderer", "suffix")}
+        renderer = None if folders["renderer"] == folders["tokenizer"] else Path(folders["renderer"])
+        return cls(name=name, renderer=renderer, suffix=folders["suffix"], **fields)
 
     @property
-    def suffix(self) -> str:
-        """Appended to the names of the arm's metrics files and report images; Selftok keeps the plain names."""
-        return "" if self.name == "selftok" else f"_{self.name}"
+    def registered_vlm(self) -> str:
+        """MLflow registered model of this arm's VLMs (promotion is Selftok's only)."""
+        return "selftok-vlm" if self.name == "selftok" else f"selftok-{self.name}-vlm"
 
     def model_folders(self) -> tuple[Path, ...]:
         return (self.tokenizer,) if self.renderer is None else (self.tokenizer, self.renderer)
@@ -51,22 +53,13 @@ class Arm:
         renderer = root / self.renderer if with_renderer and self.renderer is not None else None
         return load_tokenizer(root / self.tokenizer, renderer=renderer)
 
-    def decode_fn(self, root: Path, device: torch.device | str = "cpu") -> DecodeFn | None:
-        """Codes -> images with the arm's renderer, or None while its models are missing."""
-        if not all((root / folder / "config.json").is_file() for folder in self.model_folders()):
-            return None
-        return render_fn(self.load_tokenizer(root, with_renderer=True), device)
+    def can_render(self, root: Path) -> bool:
+        """Whether the tokenizer and its renderer are trained (codes can become images)."""
+        return all((root / folder / "config.json").is_file() for folder in self.model_folders())
 
 
-SELFTOK = Arm(
-    "selftok", Path("models/tokenizer"), Path("models/renderer"), Path("data/codes"), Path("models/vlm"),
-    Path("models/vlm_rl"), Path("checkpoints/vlm"), Path("checkpoints/rl"), "selftok-vlm",
-)
-SPATIAL = Arm(
-    "spatial", Path("models/spatial"), None, Path("data/codes_spatial"), Path("models/vlm_spatial"),
-    Path("models/vlm_rl_spatial"), Path("checkpoints/vlm_spatial"), Path("checkpoints/rl_spatial"), "selftok-spatial-vlm",
-)
-ARMS = {arm.name: arm for arm in (SELFTOK, SPATIAL)}
+ARMS = {name: Arm.from_paths(name, folders) for name, folders in paths.ARMS.items()}
+SELFTOK, SPATIAL = ARMS["selftok"], ARMS["spatial"]
 
 
 def stage_arm(ctx: StageContext) -> Arm:

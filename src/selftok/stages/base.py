@@ -2,13 +2,15 @@
 
 A stage reads params.yaml and its declared deps, writes only its declared outs, writes
 the metrics file it declares (``metrics/NAME.json``) and logs one MLflow run. Which params keys,
-deps and metrics file a stage has is read from dvc.yaml itself, so the MLflow params, the
-params hash and the input hashes always match what DVC tracks. A ``foreach`` stage
+deps, metrics and plots files a stage has is read from dvc.yaml itself, so the MLflow params, the
+params hash and the input hashes always match what DVC tracks, and a stage writes its plots
+where dvc.yaml declares them (``StageContext.write_plot``). A ``foreach`` stage
 ``group@key`` runs the module ``selftok.stages.group``, which reads ``key`` from its spec.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import logging
@@ -19,13 +21,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import yaml
 
 from selftok import tracking
-from selftok.config import PARAMS_FILE, Params, load_params, params_hash
+from selftok.config import PARAMS_FILE, Params, load_params
+from selftok.nested import flatten, select
+from selftok.schema import params_hash
+
+if TYPE_CHECKING:  # the flow and the CLI read stage specs without torch
+    from selftok.training.loop import LogFn
 
 log = logging.getLogger("selftok.stage")
 
@@ -38,7 +45,7 @@ NON_TRAINING_KEYS = frozenset({"eval", "sampling", "log_every", "eval_every", "c
 Metrics = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSpec:
     """A stage as declared in dvc.yaml, after DVC's templating (``foreach``, ``${item}``, ``vars``)."""
 
@@ -47,6 +54,7 @@ class StageSpec:
     deps: list[str]
     outs: list[str]
     metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
     persisted: list[str] = field(default_factory=list)  # outs DVC keeps between runs (persist: true)
 
     @property
@@ -65,6 +73,13 @@ class StageSpec:
         if not self.metrics:
             raise ValueError(f"stage {self.name!r} declares no metrics file in dvc.yaml")
         return self.metrics[0]
+
+    def plot(self, name: str) -> str:
+        """The declared plots file named ``name`` (``plots/NAME.csv``)."""
+        found = [path for path in self.plots if Path(path).stem == name]
+        if not found:
+            raise KeyError(f"stage {self.name!r} declares no plot {name!r} in dvc.yaml; it declares {self.plots}")
+        return found[0]
 
 
 def resolve_stages(root: Path) -> dict[str, dict[str, Any]]:
@@ -99,7 +114,8 @@ def read_spec(root: Path, name: str) -> StageSpec:
 
     persisted = [path for item in raw.get("outs", []) if isinstance(item, dict) for path, opts in item.items() if (opts or {}).get("persist")]
     return StageSpec(
-        name, keys, paths(raw.get("deps", [])), paths(raw.get("outs", [])), paths(raw.get("metrics", [])), persisted
+        name=name, params=keys, deps=paths(raw.get("deps", [])), outs=paths(raw.get("outs", [])),
+        metrics=paths(raw.get("metrics", [])), plots=paths(raw.get("plots", [])), persisted=persisted,
     )
 
 
@@ -175,13 +191,6 @@ def _recorded(record: Path, fingerprint: Mapping[str, Any]) -> bool:
         return False
 
 
-def select(data: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 @dataclass
 class StageContext:
     """What a stage's logic gets: the project root, typed params, and logging helpers."""
@@ -197,8 +206,22 @@ class StageContext:
     def path(self, relative: str | Path) -> Path:
         return self.root / relative
 
+    def write_plot(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """The CSV of the plot ``name`` the stage declares, one column per key of the rows."""
+        out = self.path(self.spec.plot(name))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(dict.fromkeys(k for row in rows for k in row)) or ["step"]
+        with out.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def logger(self, prefix: str) -> LogFn:
+        """A training loop's ``on_log``: its rows as metrics under ``prefix``, at their step."""
+        return lambda step, logs: self.log_metrics({prefix: logs}, step)
+
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        flat = {k: float(v) for k, v in tracking.flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if flat and self.tracked:
             mlflow.log_metrics(flat, step=step)
 

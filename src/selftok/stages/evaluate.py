@@ -2,54 +2,50 @@
 
 Reconstruction (each prefix, diffusion vs renderer, no-token baseline), the scene evaluator on
 held-out real renders, GenEval-style generation of the pretrained and the RL model on the
-held-out prompts (one sampling recipe), caption accuracy, and the AR-ness probe (the VLM's
-next-token entropy by position over val codes). The same measurements run on every tokenizer
-arm (selftok.stages.arms): Selftok's are the top-level keys, the spatial-token control's mirror
-them under `control.spatial`, with the RL gain per category beside each. The Selftok RL model
-is then compared with the `champion` of `selftok-vlm` on the same benchmark; `challenger`
-always moves, `champion` only when the new model is better by `evaluate.promotion_margin` and by
-`evaluate.promotion_sigmas` standard errors of the gain.
+held-out prompts (one sampling recipe, selftok.vlm.benchmark), caption accuracy, and the AR-ness
+probe (the VLM's next-token entropy by position over val codes). The same measurements run on
+every tokenizer arm (selftok.stages.arms): Selftok's are the top-level keys, the spatial-token
+control's mirror them under `control.spatial`, with the RL gain per category beside each. The
+Selftok RL model is then compared with the `champion` of `selftok-vlm` on the same benchmark
+(selftok.promotion); `challenger` always moves, `champion` only when the new model is better by
+`evaluate.promotion_margin` and by `evaluate.promotion_sigmas` standard errors of the gain.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from mlflow.tracking import MlflowClient
 
-from selftok import promotion, tracking
-from selftok.config import Params, params_hash
+from selftok import paths, promotion
 from selftok.data.codes import load_codes
 from selftok.data.dataset import ImageSet, load_split, to_uint8
 from selftok.data.scenes import CATEGORIES
 from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metadata
-from selftok.eval.fidelity import frechet_distance, holdout_shape_agreement
-from selftok.eval.geneval import judge_images, real_renders, summarize_judged
-from selftok.eval.reconstruction import reconstruction_table, row
-from selftok.eval.report import IMAGES, REPORTS, build_report
+from selftok.eval.fidelity import holdout_shape_agreement
+from selftok.eval.geneval import heldout_records, real_renders
+from selftok.eval.reconstruction import reconstruction_table, table_summary
+from selftok.eval.report import IMAGES, RECONSTRUCTION, build_report
 from selftok.rl.grpo import token_entropy
-from selftok.rl.trainer import diversity, visual_logits
+from selftok.rl.trainer import visual_logits
 from selftok.stages.arms import ARMS, SELFTOK, Arm
 from selftok.stages.base import Metrics, StageContext
-from selftok.stages.pretrain_vlm import heldout_records
-from selftok.stages.train_tokenizer import write_csv
 from selftok.tokenizer.model import SelftokTokenizer
-from selftok.tokenizer.quantizer import code_usage
 from selftok.viz import image_grid
+from selftok.vlm.benchmark import (
+    Benchmark,
+    benchmark_generation,
+    benchmark_hash,
+    benchmark_sampling,
+    data_ceiling,
+    reference_diversity,
+)
 from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
-from selftok.vlm.params import SamplingParams
-from selftok.vlm.scores import DecodeFn, comprehension, generation
-
-log = logging.getLogger(__name__)
-VLM_NAME = "selftok-vlm"
-PLOTS = Path("plots")
+from selftok.vlm.scores import comprehension
 
 
 def entropy_by_position(vlm: SelftokVLM, captions: list[str], codes: torch.Tensor, batch: int = 64) -> list[float]:
@@ -62,79 +58,6 @@ def entropy_by_position(vlm: SelftokVLM, captions: list[str], codes: torch.Tenso
     return (total / len(codes)).tolist()
 
 
-def benchmark_generation(
-    vlm: SelftokVLM, records: list[dict[str, Any]], decode: DecodeFn, evaluator: SceneEvaluator, sampling: SamplingParams,
-    real_features: torch.Tensor | None = None,
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """One model's GenEval-style scores on the benchmark prompts, with the diversity of its images
-    within each prompt (a high score from one image per prompt is collapse, not skill) and, given
-    ``real_features`` (evaluator features of real renders of the same prompts, ``reference_images``),
-    the Frechet distance of its images to them: how far the images left the data to win the judge
-    (a reward hack scores well on the rules and far on this)."""
-    summary, images = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)
-    summary.pop("images", None)
-    features = evaluator.features(images)
-    summary["diversity"] = diversity(to_uint8(images).flatten(1), features, images, sampling.samples_per_prompt)
-    if real_features is not None:
-        summary["frechet_to_real"] = frechet_distance(features, real_features)
-    return summary, images
-
-
-def benchmark_renders(params: Params, records: list[dict[str, Any]] | None = None) -> torch.Tensor:
-    """uint8 real renders of the benchmark prompts (or of ``records``), as many per prompt as
-    generations (prompt-major)."""
-    records = heldout_records(params) if records is None else records
-    return real_renders(params, records, benchmark_sampling(params).samples_per_prompt)
-
-
-def data_ceiling(records: list[dict[str, Any]], real: torch.Tensor, evaluator: SceneEvaluator, n: int) -> dict[str, Any]:
-    """The benchmark's scores of ``reference_images``, the real renders of its prompts through the
-    tokenizer: what a model that draws exactly like its data would score. A gain that lifts a model
-    above it is the judge being fooled or the model drawing more legibly than the tokenizer
-    reconstructs the data; either way, look at the images (docs/rl_finetune.md, eleventh session)."""
-    rows = [r for r in records for _ in range(n)]
-    summary = summarize_judged(rows, judge_images(rows, real, evaluator))
-    summary.pop("images")
-    return summary
-
-
-def reference_diversity(real: torch.Tensor, real_features: torch.Tensor, group_size: int) -> dict[str, float]:
-    """The diversity generations are measured against: that of ``reference_images`` and their
-    evaluator features (a right answer varies only in layout, so spread falls as scores rise)."""
-    return diversity(to_uint8(real).flatten(1), real_features, real, group_size)
-
-
-def find_version(name: str, folder: Path) -> str:
-    """The registry version whose logged weights hash to this folder's."""
-    digest = tracking.file_hash(folder)
-    for version in MlflowClient().search_model_versions(f"name = '{name}'"):
-        if version.tags.get("weights.sha256") == digest:
-            return str(version.version)
-    raise LookupError(f"no version of {name} holds the weights in {folder} (sha256 {digest}); rerun the stage that registers it")
-
-
-def tokenizer_summary(table: list[dict[str, Any]], codes: torch.Tensor, num_tokens: int, codebook_size: int) -> Metrics:
-    """Headline reconstruction numbers of one arm's table: renderer at all K, its prefix curve, the
-    no-token baseline, and the diffusion decoder's where the tokenizer has one (Selftok)."""
-    full = row(table, "renderer", num_tokens)
-    diffusion = any(r["decoder"] == "diffusion" for r in table)
-    summary = {
-        "psnr_renderer": full["psnr"],
-        "ssim_renderer": full["ssim"],
-        "psnr_no_tokens": row(table, "diffusion" if diffusion else "renderer", 0)["psnr"],
-        "prefix_psnr": {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "renderer" and r["k"] > 0},
-        "active_code_fraction": code_usage(codes, codebook_size)["active_code_fraction"],
-        "evaluator_fidelity": full["evaluator_fidelity"],
-        "shape_agreement": full["shape_agreement"],
-        "color_agreement": full["color_agreement"],
-        "frechet_evaluator_distance": full["frechet_evaluator_distance"],
-    }
-    if diffusion:
-        summary["psnr_diffusion"] = row(table, "diffusion", num_tokens)["psnr"]
-        summary["prefix_psnr_diffusion"] = {str(r["k"]): r["psnr"] for r in table if r["decoder"] == "diffusion" and r["k"] > 0}
-    return summary
-
-
 @dataclass
 class ArmScores:
     """Everything evaluate measures on one tokenizer arm, with the same code for every arm."""
@@ -144,14 +67,11 @@ class ArmScores:
     entropy: dict[str, list[float]]  # model -> next-token entropy per position
 
 
-def score_arm(
-    ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: ImageSet, records: list[dict[str, Any]], renders: torch.Tensor
-) -> ArmScores:
+def score_arm(ctx: StageContext, arm: Arm, evaluator: SceneEvaluator, val: ImageSet, bench: Benchmark) -> ArmScores:
     """Reconstruction by prefix, GenEval-style generation of the pretrained and RL models, RL gain
-    per category, caption accuracy and next-token entropy by position; images go to the report.
-    ``renders``: uint8 real renders of ``records`` (prompt-major), the diversity reference."""
-    params, sampling, seed = ctx.params.evaluate, benchmark_sampling(ctx.params), ctx.params.seed
-    images_dir = ctx.path(IMAGES)
+    per category, caption accuracy and next-token entropy by position; images go to the report."""
+    params, sampling, seed = ctx.params.evaluate, bench.sampling, ctx.params.seed
+    images_dir = ctx.path(paths.REPORTS) / IMAGES
     tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)
     with_diffusion = isinstance(tokenizer, SelftokTokenizer)  # the spatial decoder is its renderer
     table, recon = reconstruction_table(tokenizer, evaluator, val.images, params.decode_steps, seed, with_diffusion=with_diffusion)
@@ -165,11 +85,11 @@ def score_arm(
     held = holdout_shape_agreement(evaluator, val.images, rendered, ctx.params.data.scenes.holdout)
     pairs = {f"shape_agreement_{group}": value for group, value in held.items()}
     decode = render_fn(tokenizer)  # the tokenizer loaded above, with its renderer
-    n = sampling.samples_per_prompt
+    n, records = sampling.samples_per_prompt, bench.records
     vlms = {"pretrained": SelftokVLM.from_pretrained(ctx.path(arm.vlm)), "rl": SelftokVLM.from_pretrained(ctx.path(arm.vlm_rl))}
     gen, entropy = {}, {}
     codes = load_codes(ctx.root, "val", limit=params.val_images, folder=arm.codes)
-    real = reference_images(tokenizer, decode, renders)
+    real = reference_images(tokenizer, decode, bench.renders)
     real_features = evaluator.features(real)  # once: every model is measured against them
     for name, vlm in vlms.items():
         gen[name], images = benchmark_generation(vlm, records, decode, evaluator, sampling, real_features)
@@ -181,7 +101,7 @@ def score_arm(
                                 codes.metadata[:n_caption], codes.captions[:n_caption], sampling)
     pretrained = entropy["pretrained"]
     metrics: Metrics = {
-        "tokenizer": tokenizer_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size) | pairs,
+        "tokenizer": table_summary(table, recon["codes"], k_all, tokenizer.config.codebook_size) | pairs,
         "generation": gen,
         "rl_gain": {c: gen["rl"][c] - gen["pretrained"][c] for c in ("overall", *CATEGORIES) if c in gen["pretrained"]}
         | {"overall_se": math.hypot(gen["rl"]["overall_se"], gen["pretrained"]["overall_se"])},  # two independent draws
@@ -194,61 +114,41 @@ def score_arm(
     return ArmScores(metrics, table, entropy)
 
 
+def write_tables(ctx: StageContext, arms: dict[str, ArmScores]) -> None:
+    """Selftok's reconstruction table for the report, and the plots, one row or column per arm."""
+    selftok = arms[SELFTOK.name]
+    (ctx.path(paths.REPORTS) / RECONSTRUCTION).write_text(json.dumps(selftok.table, indent=1) + "\n")
+    ctx.write_plot("reconstruction", [{"arm": name, **r} for name, s in arms.items() for r in s.table])
+    ctx.write_plot("entropy_by_position",
+                   [{"position": i + 1, **{_column(arm, m): e[i] for arm, s in arms.items() for m, e in s.entropy.items()}}
+                    for i in range(len(selftok.entropy["pretrained"]))])
+    ctx.write_plot("geneval",
+                   [{"category": c, **{_column(arm, m): s.metrics["generation"][m].get(c) for arm, s in arms.items()
+                                       for m in ("pretrained", "rl")}}
+                    for c in CATEGORIES if c in selftok.metrics["generation"]["pretrained"]])
+
+
+def _column(arm: str, model: str) -> str:
+    """Plot column of one arm's model: Selftok keeps the plain names (pretrained, rl)."""
+    return model if arm == SELFTOK.name else f"{arm}_{model}"
+
+
 def run(ctx: StageContext) -> Metrics:
     params = ctx.params.evaluate
-    ctx.path(IMAGES).mkdir(parents=True, exist_ok=True)
+    (ctx.path(paths.REPORTS) / IMAGES).mkdir(parents=True, exist_ok=True)
     val = load_split(ctx.root, "val", limit=params.val_images)
-    evaluator = SceneEvaluator.load(ctx.path("models/evaluator"))
-    records = heldout_records(ctx.params)
-    renders = benchmark_renders(ctx.params)
-    arms = {name: score_arm(ctx, arm, evaluator, val, records, renders) for name, arm in ARMS.items()}
+    evaluator = SceneEvaluator.load(ctx.path(paths.EVALUATOR))
+    records = heldout_records(ctx.params.data, ctx.params.seed, ctx.params.geneval, ctx.params.vlm.eval.geneval_prompts_per_category)
+    sampling = benchmark_sampling(ctx.params.vlm.sampling, params.samples_per_prompt)
+    bench = Benchmark(records=records, sampling=sampling, renders=real_renders(ctx.params.data, records, sampling.samples_per_prompt))
+    arms = {name: score_arm(ctx, arm, evaluator, val, bench) for name, arm in ARMS.items()}
     selftok = arms[SELFTOK.name]
-
-    # --- the judge on held-out real renders -------------------------------------------------
     tolerance = ctx.params.evaluator.match_tolerance * evaluator.config.image_size
     judge = accuracy([objects_from_metadata(m) for m in val.metadata], evaluator.parse(val.images), tolerance)
-
-    # --- tables and plots, one row or column per arm -----------------------------------------
-    (ctx.path(REPORTS) / "reconstruction.json").write_text(json.dumps(selftok.table, indent=1) + "\n")
-    write_csv(ctx.path(PLOTS / "reconstruction.csv"), [{"arm": name, **r} for name, s in arms.items() for r in s.table])
-    k_all = len(selftok.entropy["pretrained"])
-    write_csv(ctx.path(PLOTS / "entropy_by_position.csv"),
-              [{"position": i + 1, **{_column(arm, m): e[i] for arm, s in arms.items() for m, e in s.entropy.items()}}
-               for i in range(k_all)])
-    write_csv(ctx.path(PLOTS / "geneval.csv"),
-              [{"category": c, **{_column(arm, m): s.metrics["generation"][m].get(c) for arm, s in arms.items()
-                                  for m in ("pretrained", "rl")}}
-               for c in CATEGORIES if c in selftok.metrics["generation"]["pretrained"]])
-    overall = selftok.metrics["generation"]["rl"]["overall"]
-
-    # --- promotion -------------------------------------------------------------------------
-    challenger = find_version(VLM_NAME, ctx.path("models/vlm_rl"))
-    champion = tracking.alias_version(VLM_NAME, tracking.CHAMPION)
-    champion_score = champion_se = None
-    benchmark = benchmark_hash(ctx.params, ctx.path("models/evaluator"))
-    if champion is not None and champion != challenger:
-        tags = MlflowClient().get_model_version(VLM_NAME, champion).tags
-        if tags.get("benchmark.hash") == benchmark and "benchmark.overall" in tags:
-            champion_score = float(tags["benchmark.overall"])
-            champion_se = float(tags["benchmark.overall_se"]) if "benchmark.overall_se" in tags else None
-    generation = selftok.metrics["generation"]
-    overall_se = generation["rl"]["overall_se"]
-    hack = promotion.refuse_hack(generation["rl"], generation["pretrained"], champion_score, params.promotion_margin)
-    if hack is not None:
-        decision = hack
-    elif champion is not None and champion != challenger and champion_score is None:
-        decision = promotion.Decision(False, f"champion v{champion} was scored on another benchmark; kept (move the alias "
-                                      "by hand if the new one should replace it)", overall, None, params.promotion_margin)
-    else:
-        decision = promotion.decide(overall, champion_score, params.promotion_margin,
-                                    promotion.gain_se(overall_se, champion_se), params.promotion_sigmas)
-    client = MlflowClient()
-    client.set_model_version_tag(VLM_NAME, challenger, "benchmark.hash", benchmark)
-    client.set_model_version_tag(VLM_NAME, challenger, "benchmark.overall", str(overall))
-    client.set_model_version_tag(VLM_NAME, challenger, "benchmark.overall_se", str(overall_se))
-    previous = promotion.apply(VLM_NAME, challenger, decision)
-    log.info("promotion: %s (challenger v%s, champion before v%s)", decision.reason, challenger, previous)
-
+    write_tables(ctx, arms)
+    decision = promotion.promote(SELFTOK.registered_vlm, ctx.path(SELFTOK.vlm_rl), selftok.metrics["generation"],
+                                 benchmark_hash(records, sampling, ctx.path(paths.EVALUATOR)), params.promotion_margin,
+                                 params.promotion_sigmas)
     metrics: Metrics = {
         **selftok.metrics,
         "evaluator": judge,
@@ -257,24 +157,6 @@ def run(ctx: StageContext) -> Metrics:
                       "champion_score": decision.champion_score, "margin": decision.margin,
                       "required_gain": decision.required_gain},
     }
-    index = build_report(ctx.root, metrics, ctx.params.tracking.experiment)
+    index = build_report(ctx.path(paths.REPORTS), metrics, ctx.params.tracking.experiment)
     ctx.log_artifact(index.parent, "report")
     return metrics
-
-
-def _column(arm: str, model: str) -> str:
-    """Plot column of one arm's model: Selftok keeps the plain names (pretrained, rl)."""
-    return model if arm == SELFTOK.name else f"{arm}_{model}"
-
-
-def benchmark_sampling(params: Params) -> SamplingParams:
-    """The VLM's sampling recipe with the benchmark's number of images per prompt."""
-    sampling, n = params.vlm.sampling, params.evaluate.samples_per_prompt
-    return sampling if n is None else sampling.model_copy(update={"samples_per_prompt": n})
-
-
-def benchmark_hash(params: Params, evaluator: Path) -> str:
-    """Same prompts, same sampling recipe, same judge (the evaluator folder's weights): scores under
-    one hash are comparable."""
-    return params_hash({"records": heldout_records(params), "sampling": benchmark_sampling(params).model_dump(mode="json"),
-                        "judge": tracking.file_hash(evaluator)})

@@ -1,4 +1,4 @@
-"""Stage `ingest`: source -> data/shards/{train,val,images}/shard-%06d.tar + data/shards/manifest.parquet.
+"""Stage `ingest`: source -> data/shards/{train,val,images}/shard-%06d.tar + the shard manifest.
 
 ``images`` is the image-only split (``data.scenes.n_images`` or ``data.shards.images``): images the
 VAE and tokenizers train on besides train, allowed to hold the held-out colour-shape pairs because
@@ -7,7 +7,6 @@ no caption or code of theirs ever reaches the VLM. A folder source has none.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -18,45 +17,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from rich.progress import Progress
 
+from selftok import paths
 from selftok.data import sources
+from selftok.data.manifest import SHARD_MANIFEST, manifest_row
 from selftok.data.shards import SHARD_PATTERN, write_shards
 from selftok.eval.geneval import prompt_sets
+from selftok.progress import Progress
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
 
 log = logging.getLogger(__name__)
-SHARDS = "data/shards"
-MANIFEST = f"{SHARDS}/manifest.parquet"
 PREVIEW = 64
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def manifest_row(sample: dict[str, Any], split: str, shard: str) -> dict[str, Any]:
-    """One manifest row; image facts are None where the bytes do not decode."""
-    data = sample.get("png", b"")
-    width = height = mode = None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height, mode = image.width, image.height, image.mode
-    except Exception:
-        pass
-    return {
-        "key": sample["__key__"],
-        "split": split,
-        "shard": shard,
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "caption": _text(sample.get("txt", b"")),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "metadata": _text(sample.get("json", b"{}")),
-        "members": ",".join(sorted(k for k in sample if not k.startswith("__"))),
-    }
 
 
 def run(ctx: StageContext) -> Metrics:
@@ -67,25 +39,24 @@ def run(ctx: StageContext) -> Metrics:
 
     def record(items: Iterable[dict[str, Any]], split: str) -> Iterator[dict[str, Any]]:
         for index, sample in enumerate(items):
-            shard = f"{SHARDS}/{split}/{SHARD_PATTERN % (index // data.shard_size)}"
+            shard = f"{paths.SHARDS}/{split}/{SHARD_PATTERN % (index // data.shard_size)}"
             row = manifest_row(sample, split, shard)
             rows.append(row)
             if split == "train" and len(preview) < PREVIEW and row["mode"] == "RGB" and row["width"] == data.image_size:
                 preview.append(np.asarray(Image.open(io.BytesIO(sample["png"]))).transpose(2, 0, 1))
-            progress.advance(task)
+            progress.update()
             yield sample
 
     # Held-out benchmark prompts never caption a training image (they are for evaluation only).
-    heldout = frozenset(r["prompt"] for r in prompt_sets(ctx.params)["heldout"])
-    with Progress(transient=True) as progress:
-        for split in sources.SPLITS:
-            total = getattr(data.scenes, f"n_{split}") if data.source == "scenes" else None
-            task = progress.add_task(f"ingest {split} ({data.source})", total=total)
-            write_shards(record(sources.samples(data, split, heldout if split == "train" else frozenset()), split), ctx.path(SHARDS) / split,
+    heldout = frozenset(r["prompt"] for r in prompt_sets(data, ctx.params.seed, ctx.params.geneval)["heldout"])
+    for split in sources.SPLITS:
+        total = getattr(data.scenes, f"n_{split}") if data.source == "scenes" else None
+        with Progress(total, f"ingest {split} ({data.source})") as progress:
+            write_shards(record(sources.samples(data, split, heldout if split == "train" else frozenset()), split), ctx.path(paths.SHARDS) / split,
                          data.shard_size)
 
     manifest = pd.DataFrame(rows).sort_values("key", kind="stable").reset_index(drop=True)
-    manifest.to_parquet(ctx.path(MANIFEST), index=False)
+    manifest.to_parquet(ctx.path(SHARD_MANIFEST), index=False)
     seconds = time.perf_counter() - started
     log.info("ingested %d samples in %.1fs (%.0f images/s)", len(manifest), seconds, len(manifest) / seconds)
     ctx.log_metrics({"ingest_images_per_s": len(manifest) / seconds})

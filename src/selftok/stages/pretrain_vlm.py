@@ -21,25 +21,24 @@ from typing import Any
 import mlflow
 import torch
 
-from selftok import tracking
-from selftok.config import Params
+from selftok import paths, tracking
 from selftok.data.codes import CodeSet, load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.geneval import prompt_sets
+from selftok.eval.geneval import heldout_records
 from selftok.stages.arms import Arm, stage_arm
 from selftok.stages.base import Metrics, StageContext
-from selftok.tokenizer.train import Callbacks, make_accelerator
+from selftok.training.loop import Callbacks, make_accelerator
 from selftok.viz import image_grid
+from selftok.vlm.decode import render_fn
 from selftok.vlm.generate import generate_images
 from selftok.vlm.model import SelftokVLM, build_lm
 from selftok.vlm.params import VLMParams
-from selftok.vlm.scores import DecodeFn, comprehension, generation, per_category
+from selftok.vlm.scores import DecodeFn, comprehension, generation
 from selftok.vlm.train import evaluate_loss, train_vlm
 from selftok.vlm.vocab import VLMTokenizer
 
 log = logging.getLogger(__name__)
-EVALUATOR_DIR = Path("models/evaluator")
 
 
 def vocabulary(root: Path, train: CodeSet, params: VLMParams, arm: Arm) -> VLMTokenizer:
@@ -85,11 +84,6 @@ def sample_logger(ctx: StageContext, vlm: SelftokVLM, val: CodeSet, params: VLMP
     return on_eval
 
 
-def heldout_records(params: Params) -> list[dict[str, Any]]:
-    """The benchmark's prompts: held-out prompts, at most ``vlm.eval.geneval_prompts_per_category`` per category."""
-    return per_category(prompt_sets(params)["heldout"], params.vlm.eval.geneval_prompts_per_category)
-
-
 def run(ctx: StageContext) -> Metrics:
     params: VLMParams = ctx.params.vlm
     seed, arm = ctx.params.seed, stage_arm(ctx)
@@ -101,13 +95,11 @@ def run(ctx: StageContext) -> Metrics:
     tokenizer = vocabulary(ctx.root, train, params, arm)
     lm = build_lm(params, tokenizer, seed)
     vlm = SelftokVLM(lm, tokenizer, params.sampling)
-    decode = arm.decode_fn(ctx.root, accelerator.device) if accelerator.is_main_process else None
+    can_render = accelerator.is_main_process and arm.can_render(ctx.root)
+    decode = render_fn(arm.load_tokenizer(ctx.root, with_renderer=True), accelerator.device) if can_render else None
     if decode is None and accelerator.is_main_process:
         log.warning("no tokenizer renderer yet: samples are logged as code statistics only")
-    callbacks = Callbacks(
-        on_log=lambda step, logs: ctx.log_metrics({"train": logs}, step),
-        on_eval=sample_logger(ctx, vlm, val, params, decode, seed),
-    )
+    callbacks = Callbacks(on_log=ctx.logger("train"), on_eval=sample_logger(ctx, vlm, val, params, decode, seed))
     result, task = train_vlm(
         lm, tokenizer, tokenizer.encode_text(train.captions), train.codes, params, seed, ctx.path(arm.vlm_checkpoints),
         callbacks, accelerator,
@@ -132,10 +124,10 @@ def run(ctx: StageContext) -> Metrics:
         metrics["comprehension"] = scores
         examples = [{"key": k, "reference": r, "caption": t} for k, r, t in zip(val.keys[:n_val], val.captions[:n_val], texts, strict=True)]
         mlflow.log_dict({"captions": examples}, "captions/val.json")
-    evaluator_ready = (ctx.path(EVALUATOR_DIR) / "config.json").is_file()
+    evaluator_ready = (ctx.path(paths.EVALUATOR) / "config.json").is_file()
     if decode is not None and evaluator_ready:
-        evaluator = SceneEvaluator.load(ctx.path(EVALUATOR_DIR), accelerator.device)
-        records = heldout_records(ctx.params)
+        evaluator = SceneEvaluator.load(ctx.path(paths.EVALUATOR), accelerator.device)
+        records = heldout_records(ctx.params.data, seed, ctx.params.geneval, params.eval.geneval_prompts_per_category)
         summary, images = generation(vlm.lm, tokenizer, records, decode, evaluator, params.sampling)
         metrics["generation"] = {"pretrained": summary}
         n = params.sampling.samples_per_prompt

@@ -19,31 +19,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import Progress
 
 from selftok.data.code_checks import validate_codes
 from selftok.data.codes import CODES_MANIFEST, load_codes
 from selftok.data.dataset import CAPTIONED, accepted_manifest, load_split, to_uint8, to_unit
-from selftok.data.retokenize import ShardJob, run_jobs
+from selftok.data.retokenize import plan, run_jobs
+from selftok.hashing import file_hash
+from selftok.progress import Progress
 from selftok.stages.arms import stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.tokenizer.metrics import psnr_8bit
 from selftok.tokenizer.registry import AnyTokenizer
-from selftok.tracking import file_hash
 from selftok.viz import image_grid
 
 log = logging.getLogger(__name__)
-
-
-def plan(root: Path, tokenizer_digest: str, codes: Path) -> list[ShardJob]:
-    """One job per accepted shard of the captioned splits (the image-only split has no use as codes)."""
-    manifest = accepted_manifest(root)
-    manifest = manifest[manifest["split"].isin(CAPTIONED)]
-    jobs = []
-    for (split, shard), rows in manifest.groupby(["split", "shard"], sort=True):
-        target = root / codes / str(split) / Path(str(shard)).name
-        jobs.append(ShardJob(root / str(shard), target, tuple(sorted(rows["key"])), tokenizer_digest))
-    return jobs
 
 
 def decode_back(root: Path, tokenizer: AnyTokenizer, samples: int, folder: Path) -> tuple[float, torch.Tensor]:
@@ -68,15 +57,13 @@ def run(ctx: StageContext) -> Metrics:
         job.target.parent.mkdir(parents=True, exist_ok=True)
     pending = sum(len(job.keys) for job in jobs if not job.is_done())
     started = time.perf_counter()
-    with Progress(transient=True) as progress:
-        task = progress.add_task("tokenize shards", total=len(jobs))
-        progress.advance(task, sum(job.is_done() for job in jobs))
+    with Progress(len(jobs), "tokenize shards", initial=sum(job.is_done() for job in jobs)) as progress:
         encoded, skipped = run_jobs(
             jobs,
             functools.partial(arm.load_tokenizer, ctx.root),
             params.batch_size,
             params.workers,
-            on_done=lambda _: progress.advance(task),
+            on_done=lambda _: progress.update(),
         )
     seconds = time.perf_counter() - started
     rows = [
@@ -85,7 +72,7 @@ def run(ctx: StageContext) -> Metrics:
         for key in json.loads(job.receipt.read_text())["keys"]
     ]
     manifest = pd.DataFrame(rows).sort_values("key", kind="stable").reset_index(drop=True)
-    manifest.to_parquet(ctx.path(arm.codes / CODES_MANIFEST.name), index=False)
+    manifest.to_parquet(ctx.path(arm.codes / CODES_MANIFEST), index=False)
     tokenizer = arm.load_tokenizer(ctx.root, with_renderer=True)
     config = tokenizer.config
     ctx.path(arm.codes / "info.json").write_text(

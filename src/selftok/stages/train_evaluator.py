@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from selftok import tracking
+from selftok import paths, tracking
 from selftok.data.dataset import load_split, to_uint8
 from selftok.data.scenes import SceneGenerator
 from selftok.eval.evaluator import ParsedObject, objects_from_metadata, pair_accuracy
@@ -25,7 +24,6 @@ from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
 
 log = logging.getLogger(__name__)
-MODEL_DIR, CHECKPOINTS = Path("models/evaluator"), Path("checkpoints/evaluator")
 REGISTERED_NAME = "selftok-evaluator"
 
 
@@ -51,7 +49,7 @@ def run(ctx: StageContext) -> Metrics:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     model, history = train_evaluator(
-        train, val, params, seed, ctx.path(CHECKPOINTS), lambda row, step: ctx.log_metrics({"epoch": row}, step), device
+        train, val, params, seed, ctx.path(paths.EVALUATOR_CHECKPOINTS), lambda row, step: ctx.log_metrics({"epoch": row}, step), device
     )
     ctx.log_metrics({"train_seconds": time.perf_counter() - started})
 
@@ -61,18 +59,18 @@ def run(ctx: StageContext) -> Metrics:
     pairs = pair_accuracy(truths, model.parse(val.images), params.match_tolerance * model.config.image_size, holdout)
     degraded_images = degrade(val.images, params.degrade, seed)
     degraded = evaluate_parses(model, degraded_images, val, params)
-    heldout = prompt_sets(ctx.params)["heldout"]
+    heldout = prompt_sets(ctx.params.data, seed, ctx.params.geneval)["heldout"]
     sanity = sanity_metrics(
         model,
         heldout,
-        SceneGenerator(scene_config(ctx.params), scenes.seed),
+        SceneGenerator(scene_config(ctx.params.data), scenes.seed),
         params.heldout_samples_per_prompt,
         params.sanity_pairs,
         seed,
     )
 
-    model.save(ctx.path(MODEL_DIR), {"trained_on": {"train": len(train), "val": len(val)}})
-    version = tracking.log_model_dir(ctx.path(MODEL_DIR), REGISTERED_NAME)
+    model.save(ctx.path(paths.EVALUATOR), {"trained_on": {"train": len(train), "val": len(val)}})
+    version = tracking.log_model_dir(ctx.path(paths.EVALUATOR), REGISTERED_NAME)
     shown = val.images[:32]
     ctx.log_image(annotate(shown, model.parse(shown)), "evaluator/val_parses.png")
     shown = to_uint8(degraded_images[:32])

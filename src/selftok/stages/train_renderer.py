@@ -1,24 +1,22 @@
 """Stage train_renderer: train the one-step renderer on the frozen tokenizer's codes.
 
-Outs: models/renderer (self-contained: tokenizer + renderer weights), checkpoints/renderer
-(persisted, for resume), plots/train_renderer_loss.csv, plots/renderer_prefix.csv.
+Outs: the Selftok arm's renderer (self-contained: tokenizer + renderer weights) and its
+checkpoints (persisted, for resume); plots of the loss and the prefix PSNR.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from selftok import tracking
+from selftok import paths, tracking
 from selftok.data.dataset import IMAGE_TRAINING, load_split
 from selftok.stages.base import Metrics, StageContext
-from selftok.stages.train_tokenizer import MODEL as TOKENIZER
-from selftok.stages.train_tokenizer import history_logger, train_summary, write_csv, write_history_csv
 from selftok.tokenizer.grids import reconstruction_grid
 from selftok.tokenizer.metrics import evaluate_renderer
 from selftok.tokenizer.model import SelftokTokenizer
-from selftok.tokenizer.train import make_accelerator, train_renderer
+from selftok.tokenizer.train import train_renderer
+from selftok.training.history import history_logger, read_history
+from selftok.training.loop import make_accelerator
 
-MODEL, CHECKPOINTS = Path("models/renderer"), Path("checkpoints/renderer")
+TOKENIZER, MODEL = paths.ARMS["selftok"]["tokenizer"], paths.ARMS["selftok"]["renderer"]
 
 
 def run(ctx: StageContext) -> Metrics:
@@ -27,9 +25,9 @@ def run(ctx: StageContext) -> Metrics:
     train = load_split(ctx.root, IMAGE_TRAINING).images
     val = load_split(ctx.root, "val", limit=ctx.params.tokenizer.eval.val_images).images
     model = SelftokTokenizer.from_pretrained(ctx.path(TOKENIZER))
-    checkpoints = ctx.path(CHECKPOINTS)
+    checkpoints = ctx.path(paths.RENDERER_CHECKPOINTS)
     accelerator = make_accelerator()
-    callbacks = history_logger(ctx, checkpoints, "train")
+    callbacks = history_logger(checkpoints, ctx.logger("train"), trim=ctx.tracked)
 
     def on_eval(step: int) -> None:
         grid = reconstruction_grid(model, val[:grid_images], steps=decode_steps, seed=seed)
@@ -41,7 +39,7 @@ def run(ctx: StageContext) -> Metrics:
         return {}
     model.save_renderer(ctx.path(MODEL))
     scores = evaluate_renderer(model, val)
-    write_history_csv(checkpoints, ctx.path("plots/train_renderer_loss.csv"))
-    write_csv(ctx.path("plots/renderer_prefix.csv"), [{"k": int(k), "psnr": v} for k, v in scores["prefix_psnr_renderer"].items()])
+    ctx.write_plot("train_renderer_loss", read_history(checkpoints))
+    ctx.write_plot("renderer_prefix", [{"k": int(k), "psnr": v} for k, v in scores["prefix_psnr_renderer"].items()])
     tracking.log_model_dir(ctx.path(MODEL), "selftok-renderer")
-    return {"tokenizer": scores, "train": train_summary(result)}
+    return {"tokenizer": scores, "train": result.summary()}

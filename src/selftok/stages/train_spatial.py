@@ -1,28 +1,24 @@
 """Stage train_spatial: the spatial-token control tokenizer on the same data as Selftok.
 
 Same accepted train images, K, codebook and bits per image as train_tokenizer, and the budget
-of train_tokenizer + train_renderer (params `control.spatial`). Outs: models/spatial (its own
-decoder is its renderer, so downstream stages take this one folder), checkpoints/spatial
-(persisted, for resume), plots/train_spatial_loss.csv, plots/spatial_prefix.csv. Registered as
-`selftok-spatial`.
+of train_tokenizer + train_renderer (params `control.spatial`). Outs: the spatial arm's tokenizer
+(its own decoder is its renderer, so downstream stages take this one folder) and its checkpoints
+(persisted, for resume); plots of the loss and the prefix PSNR. Registered as `selftok-spatial`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from selftok import tracking
+from selftok import paths, tracking
 from selftok.data.dataset import IMAGE_TRAINING, load_split
-from selftok.stages.arms import SPATIAL
 from selftok.stages.base import Metrics, StageContext
-from selftok.stages.train_tokenizer import history_logger, train_summary, write_csv, write_history_csv
 from selftok.tokenizer.grids import reconstruction_grid
 from selftok.tokenizer.metrics import evaluate_renderer
 from selftok.tokenizer.spatial import SpatialTokenizer
 from selftok.tokenizer.spatial_train import train_spatial
-from selftok.tokenizer.train import make_accelerator
+from selftok.training.history import history_logger, read_history
+from selftok.training.loop import make_accelerator
 
-CHECKPOINTS = Path("checkpoints/spatial")
+MODEL = paths.ARMS["spatial"]["tokenizer"]
 
 
 def run(ctx: StageContext) -> Metrics:
@@ -30,9 +26,9 @@ def run(ctx: StageContext) -> Metrics:
     train = load_split(ctx.root, IMAGE_TRAINING).images
     val = load_split(ctx.root, "val", limit=evaluation.val_images).images
     model = SpatialTokenizer(p.architecture(ctx.params.data.image_size))
-    checkpoints = ctx.path(CHECKPOINTS)
+    checkpoints = ctx.path(paths.SPATIAL_CHECKPOINTS)
     accelerator = make_accelerator()
-    callbacks = history_logger(ctx, checkpoints, "train")
+    callbacks = history_logger(checkpoints, ctx.logger("train"), trim=ctx.tracked)
 
     def on_eval(step: int) -> None:
         ctx.log_image(reconstruction_grid(model, val[: evaluation.grid_images], steps=1), f"grids/step_{step:06d}.png")
@@ -41,9 +37,9 @@ def run(ctx: StageContext) -> Metrics:
     result = train_spatial(model, train, p, seed, checkpoints, callbacks if accelerator.is_main_process else None, accelerator)
     if not accelerator.is_main_process:
         return {}
-    model.save_pretrained(ctx.path(SPATIAL.tokenizer))
+    model.save_pretrained(ctx.path(MODEL))
     scores = evaluate_renderer(model, val)
-    write_history_csv(checkpoints, ctx.path("plots/train_spatial_loss.csv"))
-    write_csv(ctx.path("plots/spatial_prefix.csv"), [{"k": int(k), "psnr": v} for k, v in scores["prefix_psnr_renderer"].items()])
-    tracking.log_model_dir(ctx.path(SPATIAL.tokenizer), "selftok-spatial")
-    return {"tokenizer": scores, "train": train_summary(result), "params_millions": sum(q.numel() for q in model.parameters()) / 1e6}
+    ctx.write_plot("train_spatial_loss", read_history(checkpoints))
+    ctx.write_plot("spatial_prefix", [{"k": int(k), "psnr": v} for k, v in scores["prefix_psnr_renderer"].items()])
+    tracking.log_model_dir(ctx.path(MODEL), "selftok-spatial")
+    return {"tokenizer": scores, "train": result.summary(), "params_millions": sum(q.numel() for q in model.parameters()) / 1e6}

@@ -1,25 +1,21 @@
-"""Stage train_vae: the autoencoder whose latents the tokenizer reads (``tokenizer.input_space: vae``).
+"""Stage train_vae: the autoencoder whose latents the tokenizer reads (``tokenizer.vae_path``).
 
-Outs: models/vae (a diffusers AutoencoderKL folder, safetensors, with the fitted latent
-shift_factor / scaling_factor), checkpoints/vae (persisted, for resume),
-plots/train_vae_loss.csv. Metrics: 8-bit PSNR / SSIM of val reconstructions through the latent
+Outs: the VAE (a diffusers AutoencoderKL folder, safetensors, with the fitted latent
+shift_factor / scaling_factor), its checkpoints (persisted, for resume) and the loss plot. Metrics: 8-bit PSNR / SSIM of val reconstructions through the latent
 mean, the latent shape and its fitted statistics. The VAE is logged to MLflow as an artifact,
 not registered: every tokenizer trained on it carries its own copy (``SelftokTokenizer.save_pretrained``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from selftok import paths
 from selftok.data.dataset import IMAGE_TRAINING, load_split, to_unit
 from selftok.stages.base import Metrics, StageContext
-from selftok.stages.train_tokenizer import history_logger, train_summary, write_history_csv
 from selftok.tokenizer.grids import image_grid
 from selftok.tokenizer.metrics import psnr_8bit, ssim_8bit
-from selftok.tokenizer.train import make_accelerator
 from selftok.tokenizer.vae import build_vae, fit_latent_scaling, reconstruct, train_vae
-
-MODEL, CHECKPOINTS = Path("models/vae"), Path("checkpoints/vae")
+from selftok.training.history import history_logger, read_history
+from selftok.training.loop import make_accelerator
 
 
 def run(ctx: StageContext) -> Metrics:
@@ -27,9 +23,9 @@ def run(ctx: StageContext) -> Metrics:
     train = load_split(ctx.root, IMAGE_TRAINING).images
     val = load_split(ctx.root, "val", limit=p.val_images).images
     vae = build_vae(p, size)
-    checkpoints = ctx.path(CHECKPOINTS)
+    checkpoints = ctx.path(paths.VAE_CHECKPOINTS)
     accelerator = make_accelerator()
-    callbacks = history_logger(ctx, checkpoints, "train")
+    callbacks = history_logger(checkpoints, ctx.logger("train"), trim=ctx.tracked)
 
     def on_eval(step: int) -> None:
         originals = val[: p.grid_images]
@@ -40,10 +36,10 @@ def run(ctx: StageContext) -> Metrics:
     if not accelerator.is_main_process:
         return {}
     shift, scale = fit_latent_scaling(vae, train[: p.scaling_images])
-    vae.save_pretrained(ctx.path(MODEL))
+    vae.save_pretrained(ctx.path(paths.VAE))
     recon, target = reconstruct(vae, val), to_unit(val)
-    write_history_csv(checkpoints, ctx.path("plots/train_vae_loss.csv"))
-    ctx.log_artifact(ctx.path(MODEL), "vae")
+    ctx.write_plot("train_vae_loss", read_history(checkpoints))
+    ctx.log_artifact(ctx.path(paths.VAE), "vae")
     channels = vae.config.latent_channels
     return {
         "vae": {
@@ -54,5 +50,5 @@ def run(ctx: StageContext) -> Metrics:
             "latent_scale": scale,
             "params_millions": sum(q.numel() for q in vae.parameters()) / 1e6,
         },
-        "train": train_summary(result),
+        "train": result.summary(),
     }

@@ -1,4 +1,4 @@
-"""Stage `validate`: data/shards -> data/accepted/{manifest.parquet,quarantine.jsonl} + data/validation.
+"""Stage `validate`: the shards -> the accepted manifest and quarantine list + the validation report and GX project.
 
 Only accepted samples reach later stages (they read ``data/accepted/manifest.parquet``). A few
 bad samples are quarantined with a warning; more than ``validate.max_bad_fraction`` of them,
@@ -18,45 +18,23 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from selftok import paths
 from selftok.data.dataset import ACCEPTED_MANIFEST
-from selftok.data.validation import REASON_KINDS, ValidationResult, summarise, validate_manifest
+from selftok.data.manifest import SHARD_MANIFEST
+from selftok.data.validation import (
+    QUARANTINE,
+    REASON_KINDS,
+    REPORT,
+    ValidationResult,
+    contract_report,
+    generator_repeats,
+    summarise,
+    validate_manifest,
+)
 from selftok.errors import DataContractError
 from selftok.stages.base import Metrics, StageContext
 
 log = logging.getLogger(__name__)
-MANIFEST = Path("data/shards/manifest.parquet")
-QUARANTINE = ACCEPTED_MANIFEST.parent / "quarantine.jsonl"
-VALIDATION = Path("data/validation")
-REPORT = VALIDATION / "report.json"
-
-
-def report(result: ValidationResult, root: Path, max_bad_fraction: float) -> dict[str, Any]:
-    """The deterministic summary written to report.json (no times, no absolute paths)."""
-    docs = result.docs_path.relative_to(root).as_posix() if result.docs_path and result.docs_path.is_relative_to(root) else None
-    return {
-        "passed": not result.table_failures and result.bad_fraction <= max_bad_fraction,
-        "n_checked": result.n_checked,
-        "n_accepted": len(result.accepted),
-        "n_quarantined": result.n_quarantined,
-        "bad_fraction": result.bad_fraction,
-        "max_bad_fraction": max_bad_fraction,
-        "quarantined_by_reason": result.reason_counts,
-        "shard_errors": result.shard_errors,
-        "table_failures": result.table_failures,
-        "observed": result.observed,
-        "splits": result.split_counts,
-        "data_docs": docs,
-    }
-
-
-def generator_repeats(result: ValidationResult, source: str) -> str | None:
-    """What to do when the bad samples are mostly copies made by the scene generator: it has few
-    distinct one-object scenes, so copies grow with data.scenes.n_train and n_images (0.8% at
-    24000 + 0, 1.0% at 24000 + 8000, 3% at 96000 + 0) and quarantining them loses nothing."""
-    if source != "scenes" or 2 * result.reason_counts.get("duplicate_image", 0) < result.n_quarantined:
-        return None
-    return ("most are duplicate_image: the scene generator draws its one-object scenes again as data.scenes.n_train "
-            "and n_images grow; the copies are dropped either way, so raise validate.max_bad_fraction or lower them")
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -76,12 +54,12 @@ def _warn(result: ValidationResult) -> None:
 
 def run(ctx: StageContext) -> Metrics:
     params = ctx.params.validate_
-    manifest_path = ctx.path(MANIFEST)
+    manifest_path = ctx.path(SHARD_MANIFEST)
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: shard manifest not found; run `dvc repro ingest` first")
-    result = validate_manifest(pd.read_parquet(manifest_path), ctx.root, ctx.params.data, params, ctx.path(VALIDATION))
+    result = validate_manifest(pd.read_parquet(manifest_path), ctx.root, ctx.params.data, params, ctx.path(paths.VALIDATION))
 
-    summary = report(result, ctx.root, params.max_bad_fraction)
+    summary = contract_report(result, ctx.root, params.max_bad_fraction)
     ctx.path(REPORT).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     accepted = ctx.path(ACCEPTED_MANIFEST)
     accepted.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,6 @@ from typing import Any, Literal
 
 ScheduleKind = Literal["custom", "uniform"]  # see selftok.tokenizer.schedule
 Objective = Literal["velocity", "x0"]
-InputSpace = Literal["pixels", "vae"]
-CodeNormKind = Literal["batch", "none"]  # see selftok.tokenizer.quantizer.CodeNorm
-EncoderStem = Literal["linear", "conv", "hybrid"]  # see selftok.tokenizer.encoder
 
 # Widths/depths per named size; the CPU default is "T" (METHOD.md section 7 prototype).
 SIZES: dict[str, dict[str, int]] = {
@@ -46,11 +43,12 @@ class JsonConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig(JsonConfig):
-    """Everything needed to rebuild the networks; training-only knobs live in params instead."""
+    """Everything needed to rebuild the networks; training-only knobs live in params instead.
+
+    The tokenizer always reads VAE latents (selftok.tokenizer.space), so ``vae_path`` is required."""
 
     image_size: int = 32
-    input_space: InputSpace = "pixels"
-    vae_path: str | None = None  # local folder of a diffusers AutoencoderKL (never downloaded)
+    vae_path: str | None = None  # local folder of a diffusers AutoencoderKL (never downloaded); required to build
     vae_shift: float | None = None  # latent normalisation (z - shift) * scale; None: the VAE config's
     vae_scale: float | None = None  #   shift_factor / scaling_factor (SD3's VAE: 0.0609 / 1.5305)
     num_tokens: int = 32
@@ -58,7 +56,6 @@ class TokenizerConfig(JsonConfig):
     code_dim: int = 16
     encoder_patch: int = 4
     decoder_patch: int = 4
-    encoder_stem: EncoderStem = "linear"
     encoder_width: int = 96
     encoder_depth: int = 3
     decoder_width: int = 128
@@ -69,7 +66,6 @@ class TokenizerConfig(JsonConfig):
     objective: Objective = "velocity"
     ema_decay: float = 0.99
     dead_threshold: float = 0.2  # reset codes whose EMA usage < this x uniform usage
-    code_norm: CodeNormKind = "batch"  # batch-normalise projected vectors per position before the sphere
 
     @classmethod
     def from_size(cls, size: str, **overrides: Any) -> TokenizerConfig:

@@ -1,11 +1,7 @@
 """Encoder: input patches plus K learnable queries -> K continuous vectors (no spatial layout).
 
-Patches are embedded by a linear map of their pixels (ViT), a small strided conv stem, or both.
-The linear stem sees colour at once but not outline: trained *supervised* on which shapes a
-scene holds, the size-T encoder with it is barely above the majority baseline after 600 steps
-(72% vs 70%) while colours are perfect after 150. With the conv stem the patch stream holds
-shape (96%) by step 600, and the K queries read it out only later (75% at 600, 99.98% at
-1500 steps; docs/tokenizer_ablation.md).
+Patches of the latent grid are embedded by a linear map (ViT): the VAE's conv encoder has already
+turned local outline into latent features, so the patches need no conv stem of their own.
 
 Patches attend only to patches and queries attend to [patches, queries] (one-way), so the
 patch features are a plain ViT of the image and the queries read from it. Each query position
@@ -14,8 +10,6 @@ K specialise (coarse vs fine) with shared block weights.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
@@ -27,7 +21,7 @@ from selftok.tokenizer.layers import Stream, attention, init_weights, patchify
 
 class LinearStem(nn.Linear):
     """[B, C, S, S] -> [B, (S/p)^2, width]: one linear map of each p x p patch (ViT). A Linear
-    itself, so weights saved before stems existed (``encoder.embed.weight``) still load."""
+    itself, so its weights are ``encoder.embed.weight`` / ``.bias``."""
 
     def __init__(self, channels: int, width: int, patch: int) -> None:
         super().__init__(channels * patch * patch, width)
@@ -35,51 +29,6 @@ class LinearStem(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(patchify(x, self.patch))
-
-
-class ConvStem(nn.Module):
-    """[B, C, S, S] -> [B, (S/p)^2, width]: two 3x3 convs per resolution, halving it log2(p)
-    times (the "early convolutions" stem), so outline features exist before attention mixes.
-
-    The output is layer-normalised: without it the stem's features came out at 1/8 the scale of
-    the position embedding they are added to, the encoder read mostly position, and the trained
-    tokenizer lost colours and 3 dB (docs/tokenizer_ablation.md)."""
-
-    def __init__(self, channels: int, width: int, patch: int) -> None:
-        super().__init__()
-        halvings = patch.bit_length() - 1
-        if patch != 1 << halvings:
-            raise ValueError(f"the conv stem needs a power-of-two encoder_patch, got {patch}")
-        widths = [max(width >> (halvings - i), 32) for i in range(halvings + 1)]
-        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1), nn.GELU()]
-        layers += [nn.Conv2d(widths[0], widths[0], 3, padding=1), nn.GELU()]
-        for a, b in itertools.pairwise(widths):
-            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GELU(), nn.Conv2d(b, b, 3, padding=1), nn.GELU()]
-        layers.append(nn.Conv2d(widths[-1], width, 1))
-        self.net = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.net(x).flatten(2).transpose(1, 2))
-
-
-class HybridStem(nn.Module):
-    """The linear stem plus the conv stem behind a per-channel gate that starts at zero: it
-    starts as the linear stem (pixel values reach the tokens through a linear path, which is how
-    colours come for free) and mixes in outline features as training finds them useful. A gate
-    opened from the start (1.0) trained worse, not better (docs/tokenizer_ablation.md)."""
-
-    def __init__(self, channels: int, width: int, patch: int) -> None:
-        super().__init__()
-        self.linear = LinearStem(channels, width, patch)
-        self.conv = ConvStem(channels, width, patch)
-        self.gate = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) + self.gate * self.conv(x)
-
-
-STEMS = {"linear": LinearStem, "conv": ConvStem, "hybrid": HybridStem}
 
 
 class Encoder(nn.Module):
@@ -90,7 +39,7 @@ class Encoder(nn.Module):
             raise ValueError(f"input size {size} is not divisible by encoder_patch {p}")
         grid = size // p
         self.num_patches = grid * grid
-        self.embed = STEMS[config.encoder_stem](channels, width, p)
+        self.embed = LinearStem(channels, width, p)
         self.register_buffer("pos", get_2d_sincos_pos_embed(width, grid, base_size=grid)[None].float(), persistent=False)
         # Unit-scale queries and index embeddings: at 0.02 every query read the same average of
         # the patches and all K outputs collapsed onto one vector (cosine 0.999 between positions).
@@ -109,7 +58,7 @@ class Encoder(nn.Module):
 
     def streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, C, S, S] -> the patch stream [B, (S/p)^2, width] and the query stream [B, K, width]
-        after the last block, before the final norm (scripts/encoder_probe.py reads both)."""
+        after the last block, before the final norm."""
         b = x.shape[0]
         h = torch.cat([self.embed(x) + self.pos, self.queries.expand(b, -1, -1)], dim=1)
         cond = torch.cat([self.patch_cond.expand(self.num_patches, -1), self.query_index])[None]

@@ -1,4 +1,4 @@
-"""Edge-weighted pixel MSE, the reconstruction loss of the tokenizer and the renderer.
+"""Edge-weighted pixel MSE, the pixel loss of the renderer and of the spatial control tokenizer.
 
 Plain MSE barely sees shape: a disc drawn where a square was misses a few corner pixels of a
 32x32 image, so a decoder that gets colours, places and sizes right reaches ~25 dB with every
@@ -36,6 +36,6 @@ def pixel_loss(error: torch.Tensor, target: torch.Tensor, edge_weight: float) ->
 def decoded_pixel_loss(
     decode: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, images: torch.Tensor, edge_weight: float
 ) -> torch.Tensor:
-    """``pixel_loss`` of ``decode(x)`` (an input space's decoder) against ``images``: how the
-    renderer, and the tokenizer's optional pixel term, are scored on pixels from latents."""
+    """``pixel_loss`` of ``decode(x)`` (the VAE's decoder) against ``images``: how the renderer is
+    scored on pixels from latents."""
     return pixel_loss(decode(x) - images, images, edge_weight)

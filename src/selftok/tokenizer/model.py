@@ -25,12 +25,12 @@ from selftok.data.dataset import to_uint8, to_unit
 from selftok.tokenizer.arch import TokenizerConfig
 from selftok.tokenizer.decoder import MMDiT
 from selftok.tokenizer.encoder import Encoder
-from selftok.tokenizer.loss import decoded_pixel_loss, pixel_loss
 from selftok.tokenizer.quantizer import Quantizer
 from selftok.tokenizer.renderer import Renderer
 from selftok.tokenizer.sampler import euler_decode
 from selftok.tokenizer.schedule import first_visible, visible_mask
 from selftok.tokenizer.space import VaeSpace, build_space
+from selftok.training.checkpoint import own_state
 
 CONFIG_FILE, WEIGHTS_FILE, VAE_FOLDER = "config.json", "model.safetensors", "vae"
 FORMAT = "selftok-tokenizer/1"
@@ -40,17 +40,10 @@ FORMAT = "selftok-tokenizer/1"
 class StepOutput:
     """What one training forward returns (kept as a dataclass so DDP sees a plain forward)."""
 
-    loss: torch.Tensor  # [B] decoder MSE per sample (edge-weighted when edge_weight > 0)
+    loss: torch.Tensor  # [B] decoder MSE per sample
     commitment: torch.Tensor
-    entropy: torch.Tensor | None
     z: torch.Tensor
     codes: torch.Tensor
-    pixel: torch.Tensor | None = None  # [P] pixel loss of the P >= 1 samples at t = 1 (None without images or such samples)
-
-
-def own_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """State to save: everything except the frozen input space (the VAE has its own files)."""
-    return {k: v.detach().contiguous() for k, v in module.state_dict().items() if not k.startswith("space.")}
 
 
 def save_vae(space: VaeSpace, folder: Path) -> None:
@@ -64,7 +57,7 @@ def save_vae(space: VaeSpace, folder: Path) -> None:
 
 
 def vae_digest(config: TokenizerConfig) -> str | None:
-    """sha256 of the VAE weights a config points at (None in pixel space)."""
+    """sha256 of the VAE weights a config points at (None when it points at none)."""
     if config.vae_path is None:
         return None
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(config.vae_path).glob("*.safetensors")))).hexdigest()
@@ -125,25 +118,10 @@ class SelftokTokenizer(nn.Module):
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, self.space.channels, self.space.size, self.space.size)
 
-    def forward(
-        self,
-        x0: torch.Tensor,
-        noise: torch.Tensor,
-        t: torch.Tensor,
-        limit: torch.Tensor,
-        with_entropy: bool = False,
-        edge_weight: float = 0.0,
-        images: torch.Tensor | None = None,
-        pixel_edge_weight: float = 0.0,
-    ) -> StepOutput:
+    def forward(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, limit: torch.Tensor) -> StepOutput:
         """Training forward on inputs already in the model's space (``self.space.encode(images)``, which
-        the loop may cache): encode, quantise, noise to x_t, decode with the schedule's mask.
-
-        With ``images`` (float [-1, 1]), the samples at t = 1 also get a pixel loss: their one-step
-        estimate of x0 rests on the tokens alone, and decoded through the space it is compared with
-        the image, edge-weighted, as the renderer's is. The idea was that in a VAE space the latent
-        MSE barely tells a diamond from a rounded blob; measured, it cost shapes instead
-        (docs/tokenizer_ablation.md), so the default leaves it off."""
+        the loop caches): encode, quantise, noise to x_t, decode with the schedule's mask; plain
+        MSE against the objective's target."""
         quant = self.quantizer(self.encoder(x0))
         tt = t.view(-1, 1, 1, 1)
         x_t = tt * noise + (1 - tt) * x0
@@ -151,13 +129,8 @@ class SelftokTokenizer(nn.Module):
         visible = visible_mask(first_visible(t, k, self.config.schedule), limit, k)
         out = self.decoder(x_t, t, quant.quantized, visible)
         target = noise - x0 if self.config.objective == "velocity" else x0
-        entropy = self.quantizer.entropy(quant.z) if with_entropy else None
-        loss = pixel_loss(out - target, x0, edge_weight)
-        pixel, pure = None, t >= 1.0
-        if images is not None and bool(pure.any()):
-            estimate = self.clean_estimate(x_t[pure], t[pure], out[pure])
-            pixel = decoded_pixel_loss(self.space.decode, estimate, images[pure], pixel_edge_weight)
-        return StepOutput(loss=loss, commitment=quant.commitment, entropy=entropy, z=quant.z, codes=quant.codes, pixel=pixel)
+        loss = (out - target).pow(2).flatten(1).mean(1)
+        return StepOutput(loss=loss, commitment=quant.commitment, z=quant.z, codes=quant.codes)
 
     # --- inference -----------------------------------------------------------------------
     @torch.no_grad()
@@ -173,12 +146,6 @@ class SelftokTokenizer(nn.Module):
         if prefix is not None and not 0 <= prefix <= k:
             raise ValueError(f"prefix must be in 0..{k}, got {prefix}")
         return torch.full((batch,), k if prefix is None else prefix, dtype=torch.long, device=device)
-
-    def clean_estimate(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """The decoder's one-step estimate of x0 from its output at (x_t, t)."""
-        if self.config.objective == "x0":
-            return out
-        return x - t.view(-1, 1, 1, 1) * out
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         out = self.decoder(x, t, tokens, visible)
@@ -207,7 +174,7 @@ class SelftokTokenizer(nn.Module):
             return v
 
         limit = self._limit(codes.shape[0], prefix, device)
-        x = euler_decode(velocity, noise, steps, self.config.num_tokens, self.config.schedule, limit)
+        x = euler_decode(velocity, noise, steps, num_tokens=self.config.num_tokens, schedule=self.config.schedule, limit=limit)
         return self.space.decode(x).clamp(-1, 1)
 
     @torch.no_grad()
@@ -228,13 +195,13 @@ class SelftokTokenizer(nn.Module):
     # --- persistence ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path) -> None:
         state_owner = nn.ModuleDict({"encoder": self.encoder, "quantizer": self.quantizer, "decoder": self.decoder})
-        save_weights(state_owner, Path(folder), self.config, "tokenizer", self.space)
+        save_weights(state_owner, Path(folder), self.config, kind="tokenizer", space=self.space)
 
     def save_renderer(self, folder: str | Path) -> None:
         """The renderer folder is self-contained (tokenizer weights too), so it loads on its own."""
         if self.renderer is None:
             raise RuntimeError("no renderer to save")
-        save_weights(self, Path(folder), self.config, "renderer", self.space)
+        save_weights(self, Path(folder), self.config, kind="renderer", space=self.space)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, renderer: str | Path | None = None) -> SelftokTokenizer:

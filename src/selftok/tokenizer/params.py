@@ -1,145 +1,149 @@
-"""params.yaml sections `vae`, `tokenizer` and `renderer` (strict: unknown keys and impossible values fail early)."""
+"""params.yaml sections `vae`, `tokenizer` and `renderer` (strict: unknown keys and impossible values fail early).
+
+The tokenizer reads the latents of `train_vae`'s AutoencoderKL (``tokenizer.vae_path``) with a
+plain MSE on latents; the renderer's loss is on pixels, through the frozen VAE decoder.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from selftok.schema import LRDecay, StrictModel
-from selftok.tokenizer.arch import SIZES, CodeNormKind, EncoderStem, InputSpace, Objective, ScheduleKind, TokenizerConfig
+from selftok.schema import EdgeWeight, Fraction, Positive, StrictModel, fill_absent, positive_int
+from selftok.tokenizer.arch import SIZES, Objective, ScheduleKind, TokenizerConfig
+from selftok.training.params import LoopParams
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-Positive = Annotated[int, Field(ge=1)]
-EdgeWeight = Annotated[float, Field(ge=0.0)]  # extra loss weight near target edges (selftok.tokenizer.loss)
+GRID_IMAGES = 8  # images in a logged reconstruction grid, unless a section sets its own
+
+
+def with_grid_images(data: Any, val_images: Any) -> Any:
+    """A section's raw input with ``grid_images`` filled when absent: 8, at most its val images."""
+    if not isinstance(data, dict) or (count := positive_int(val_images)) is None:
+        return data
+    return fill_absent(data, {"grid_images": min(GRID_IMAGES, count)})
 
 
 class TokenizerEval(StrictModel):
-    val_images: Positive = 128
-    decode_steps: Positive = 20  # Euler steps of the diffusion decode (paper: 50)
-    prefix_steps: Positive = 10  # Euler steps for each prefix of the prefix curve
-    grid_images: Positive = 8
+    """What the stage measures on val images after training."""
+
+    val_images: Positive = Field(128, description="val images scored")
+    decode_steps: Positive = Field(20, description="Euler steps of the diffusion decode (paper: 50)")
+    prefix_steps: Positive = Field(10, description="Euler steps for each prefix of the prefix curve")
+    grid_images: Positive | None = Field(None, description="images in the logged reconstruction grids (absent: 8, at most val_images)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grid(cls, data: Any) -> Any:
+        return with_grid_images(data, data.get("val_images", 128) if isinstance(data, dict) else None)
 
 
 class SizeOverrides(StrictModel):
     """Widths and depths that override a size preset, shared by the Selftok and spatial tokenizers."""
 
-    encoder_width: Positive | None = None  # None: the size preset's value
-    encoder_depth: Positive | None = None
-    decoder_width: Positive | None = None
-    decoder_depth: Positive | None = None
-    heads: Positive | None = None
+    encoder_width: Positive | None = Field(None, description="absent: the size preset's")
+    encoder_depth: Positive | None = Field(None, description="absent: the size preset's")
+    decoder_width: Positive | None = Field(None, description="absent: the size preset's")
+    decoder_depth: Positive | None = Field(None, description="absent: the size preset's")
+    heads: Positive | None = Field(None, description="absent: the size preset's")
 
     def overrides(self) -> dict[str, int]:
         """The fields set here, to apply over the size preset."""
         return {k: v for k in SizeOverrides.model_fields if (v := getattr(self, k)) is not None}
 
 
-class LoopParams(StrictModel):
-    """The knobs of the shared training loop (selftok.tokenizer.train.LoopConfig), by name."""
-
-    steps: Positive = 2000
-    batch_size: Positive = 64
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    lr_decay: LRDecay = "cosine"
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    checkpoint_every: Positive = 200
-    log_every: Positive = 25
-    eval_every: Positive = 500
-
-
 class TokenizerParams(SizeOverrides, LoopParams):
     """Architecture (size preset + overrides) and the joint encoder/decoder training recipe
-    (``lr`` drives the encoder, quantiser projection and token stream)."""
+    (``lr`` drives every part: encoder, quantiser projection, token and image streams)."""
 
-    size: Literal[tuple(SIZES)] = "T"  # type: ignore[valid-type]
-    num_tokens: Positive = 32
-    codebook_size: int = Field(1024, ge=2)
-    code_dim: int = Field(16, ge=2)
-    encoder_patch: Positive = 4
-    decoder_patch: Positive = 4
-    encoder_stem: EncoderStem = "linear"  # patch embedding (selftok.tokenizer.encoder)
-    input_space: InputSpace = "pixels"
-    vae_path: str | None = None
-    schedule: ScheduleKind = "custom"
-    objective: Objective = "velocity"
-    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
-    dead_threshold: float = Field(0.2, ge=0.0, lt=1.0)
-    code_norm: CodeNormKind = "batch"  # see selftok.tokenizer.quantizer.Quantizer.project
-    cache_latents: bool = True  # vae space: encode the train set once (float32 in RAM) instead of every step
+    size: Literal[tuple(SIZES)] = Field("T", description="T | S | B | L (selftok.tokenizer.arch.SIZES); overrides win")  # type: ignore[valid-type]
+    decoder_width: Positive | None = Field(64, description="decoder width (preset T: 128)")
+    num_tokens: Positive = Field(64, description="K, tokens per image")
+    codebook_size: int = Field(1024, ge=2, description="codes in the codebook")
+    code_dim: int = Field(16, ge=2, description="dimension of a code vector")
+    encoder_patch: Positive = Field(1, description="patch side on the latent grid (8x8 latents: 64 patches)")
+    decoder_patch: Positive | None = Field(None, description="patch side of the decoder on the latent grid (absent: encoder_patch)")
+    vae_path: str = Field("models/vae", description="the latent space: any LOCAL diffusers AutoencoderKL folder")
+    schedule: ScheduleKind = Field("custom", description="custom (paper's 5-band allocation) | uniform")
+    objective: Objective = Field("velocity", description="velocity | x0")
+    ema_decay: float = Field(0.95, gt=0.0, lt=1.0, description="codebook EMA decay per step (paper 0.99)")
+    dead_threshold: float = Field(0.2, ge=0.0, lt=1.0, description="reset codes with EMA usage < this x uniform")
+    steps: Positive = Field(2500, description="optimizer steps")
+    lr: float = Field(2e-3, gt=0.0, le=1.0, description="peak learning rate")
+    pure_noise_fraction: Fraction = Field(0.25, description="samples at t=1 (autoencoding through the decoder)")
+    prefix_dropout: Fraction = Field(0.2, description="share of samples decoded from a random prefix of the tokens (our extension)")
+    no_token_fraction: Fraction = Field(0.1, description="unconditional samples (CFG)")
+    commitment_weight: float = Field(1.0, ge=0.0, description="weight of the commitment loss")
+    eval: TokenizerEval = Field(TokenizerEval(), description="val measurements after training")
 
-    image_lr_scale: float = Field(1.0, gt=0.0, le=1.0)  # image stream lr = lr * this (paper ~0.2)
-    pure_noise_fraction: Fraction = 0.25  # samples at t=1: autoencoding through the decoder
-    edge_weight: EdgeWeight = 0.0
-    pixel_weight: float = Field(0.0, ge=0.0)  # pixel loss on the t=1 samples' one-step decode (selftok.tokenizer.model)
-    pixel_edge_weight: EdgeWeight = 4.0  # its edge weighting, as the renderer's
-    prefix_dropout: Fraction = 0.2  # nested prefix cut (our extension)
-    no_token_fraction: Fraction = 0.1  # unconditional samples (enables CFG)
-    commitment_weight: float = Field(1.0, ge=0.0)
-    entropy_weight: float = Field(0.0, ge=0.0)
-    eval: TokenizerEval = TokenizerEval()
+    @classmethod
+    def inherited(cls, data: Any) -> Any:
+        """The decoder patches the latent grid like the encoder unless told otherwise."""
+        if not isinstance(data, dict):
+            return data
+        return fill_absent(data, {"decoder_patch": data.get("encoder_patch") or cls.model_fields["encoder_patch"].default})
 
     @model_validator(mode="after")
     def _check(self) -> TokenizerParams:
         if self.prefix_dropout + self.no_token_fraction > 1:
             raise ValueError("prefix_dropout + no_token_fraction must be <= 1")
-        if self.input_space == "vae" and not self.vae_path:
-            raise ValueError("input_space 'vae' needs vae_path (a local diffusers AutoencoderKL folder)")
         return self
 
     def architecture(self, image_size: int, root: Path | None = None) -> TokenizerConfig:
         """The networks' config; a relative ``vae_path`` is read from ``root`` (the project) when given."""
-        vae_path = self.vae_path if self.input_space == "vae" else None
-        if vae_path is not None and root is not None:
-            vae_path = str(root / vae_path)  # an absolute vae_path stays as it is
+        vae_path = str(root / self.vae_path) if root is not None else self.vae_path  # an absolute vae_path stays
         return TokenizerConfig.from_size(
             self.size,
             image_size=image_size,
-            input_space=self.input_space,
             vae_path=vae_path,
             num_tokens=self.num_tokens,
             codebook_size=self.codebook_size,
             code_dim=self.code_dim,
             encoder_patch=self.encoder_patch,
             decoder_patch=self.decoder_patch,
-            encoder_stem=self.encoder_stem,
             schedule=self.schedule,
             objective=self.objective,
             ema_decay=self.ema_decay,
             dead_threshold=self.dead_threshold,
-            code_norm=self.code_norm,
             **self.overrides(),
         )
 
 
 class RendererParams(LoopParams):
-    """One-step renderer trained on the frozen tokenizer's codes with pixel MSE."""
+    """One-step renderer trained on the frozen tokenizer's codes with pixel MSE (through the VAE decoder)."""
 
-    steps: Positive = 600
-    lr: float = Field(5e-4, gt=0.0, le=1.0)
-    warmup_steps: int = Field(50, ge=0)
-    eval_every: Positive = 300
-    init_from_decoder: bool = True  # start from the diffusion decoder at t=1 (converges much faster)
-    prefix_dropout: Fraction = 0.0  # nested prefix cut so that prefixes render too
-    edge_weight: EdgeWeight = 0.0
+    EVAL_EVERY: ClassVar[int] = 200
+
+    steps: Positive = Field(400, description="optimizer steps")
+    lr: float = Field(5e-4, gt=0.0, le=1.0, description="peak learning rate")
+    warmup_steps: int = Field(50, ge=0, description="linear warmup")
+    init_from_decoder: bool = Field(True, description="start from the diffusion decoder's one-step estimate at t=1")
+    prefix_dropout: Fraction = Field(0.0, description="share of samples rendered from a random prefix of the tokens")
+    edge_weight: EdgeWeight = Field(4.0, description="loss weight 1 + this near the image's edges (its loss is on pixels)")
 
 
 class VaeParams(LoopParams):
     """params.yaml section ``vae``: the autoencoder's shape and its training recipe."""
 
-    steps: Positive = 1500
-    warmup_steps: int = Field(50, ge=0)
-    checkpoint_every: Positive = 250
-    block_out_channels: tuple[Positive, ...] = Field((16, 32, 64), min_length=1)  # one halving per step: 32x32 -> 8x8
-    layers_per_block: Positive = 1
-    latent_channels: Positive = 8
-    norm_num_groups: Positive = 16
-    kl_weight: float = Field(1e-6, ge=0.0)  # small: the latent stays close to deterministic
-    scaling_images: Positive = 2048  # train images the latent shift and scale are measured on
-    val_images: Positive = 128  # val images its PSNR / SSIM are measured on
-    grid_images: Positive = 8  # images in the reconstruction grids logged to MLflow
+    CHECKPOINT_EVERY: ClassVar[int] = 250
+
+    block_out_channels: tuple[Positive, ...] = Field(
+        (16, 32, 64), min_length=1, description="one halving per entry after the first: 32x32 images -> 8x8 latents"
+    )
+    layers_per_block: Positive = Field(1, description="resnet layers per block")
+    latent_channels: Positive = Field(8, description="channels of the latent the tokenizer reads")
+    norm_num_groups: Positive = Field(16, description="group norm groups (divide every width)")
+    kl_weight: float = Field(1e-6, ge=0.0, description="per-pixel KL weight: small, so the latent stays near deterministic")
+    steps: Positive = Field(1500, description="optimizer steps")
+    warmup_steps: int = Field(50, ge=0, description="linear warmup")
+    scaling_images: Positive = Field(2048, description="train images the latent shift_factor / scaling_factor are fitted on")
+    val_images: Positive = Field(128, description="val images its PSNR / SSIM are measured on")
+    grid_images: Positive | None = Field(None, description="images in the logged reconstruction grids (absent: 8, at most val_images)")
+
+    @classmethod
+    def inherited(cls, data: Any) -> Any:
+        return with_grid_images(data, data.get("val_images", 128) if isinstance(data, dict) else None)
 
     @model_validator(mode="after")
     def _check(self) -> VaeParams:

@@ -80,7 +80,7 @@ class Quantizer(nn.Module):
         self.dead_threshold = config.dead_threshold
         self.proj = nn.Linear(width, dim)
         # Per (position, dim) statistics; no affine: the sphere projection follows anyway.
-        self.norm = CodeNorm(config.num_tokens * dim) if config.code_norm == "batch" else None
+        self.norm = CodeNorm(config.num_tokens * dim)
         self.register_buffer("codebook", F.normalize(torch.randn(size, dim), dim=-1))
         self.register_buffer("ema_count", torch.zeros(size))
         self.register_buffer("ema_sum", torch.zeros(size, dim))
@@ -95,14 +95,12 @@ class Quantizer(nn.Module):
 
         At initialisation the encoder gives almost the same vector for every image, so the
         decoder learns to ignore the tokens and the two stay stuck at a blurred mean image for
-        hundreds of steps (docs/tokenizer_ablation.md). Batch-normalising each position's
+        hundreds of steps (docs/experiments.md, "Tokenizer recipe"). Batch-normalising each position's
         projection removes the image-independent part and spreads codes over the sphere from
         the first step. ``batch_stats`` is for training steps only (see CodeNorm).
         """
         p = self.proj(h)
-        if self.norm is not None:
-            p = self.norm(p.flatten(1), batch_stats).view_as(p)
-        return F.normalize(p, dim=-1)
+        return F.normalize(self.norm(p.flatten(1), batch_stats).view_as(p), dim=-1)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         return (z @ self.codebook.T).argmax(dim=-1)
@@ -115,15 +113,6 @@ class Quantizer(nn.Module):
         codes = self.nearest(z.detach())
         q = self.lookup(codes)
         return Quantized(z=z, codes=codes, quantized=z + (q - z).detach(), commitment=F.mse_loss(z, q))
-
-    def entropy(self, z: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
-        """Mean over positions of the entropy of the batch-averaged soft code assignment.
-
-        Maximising it keeps every token position spreading over many codes (positions that are
-        rarely visible collapse onto a few codes otherwise).
-        """
-        probs = torch.softmax(z @ self.codebook.T / temperature, dim=-1).mean(dim=0)  # [K, C]
-        return -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
 
     @torch.no_grad()
     def initialize(self, z: torch.Tensor, iters: int = 10, generator: torch.Generator | None = None) -> None:

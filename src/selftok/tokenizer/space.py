@@ -1,8 +1,9 @@
-"""Input spaces the tokenizer works in: raw pixels, or a frozen diffusers AutoencoderKL latent.
+"""The space the tokenizer works in: the latents of a frozen diffusers AutoencoderKL.
 
 Images enter and leave as float [-1, 1] [B, 3, H, W]; the space maps them to what the encoder
-reads and the decoder produces. The VAE is loaded from a LOCAL folder only (nothing
-downloads) and its weights are not part of the tokenizer's own safetensors.
+reads and the decoder produces: latents carry the local outline features the encoder's patches
+need to code shape. The VAE is loaded from a LOCAL folder only (nothing downloads) and its
+weights are not part of the tokenizer's own safetensors.
 """
 
 from __future__ import annotations
@@ -14,18 +15,6 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from selftok.tokenizer.arch import TokenizerConfig
-
-
-class PixelSpace(nn.Module):
-    def __init__(self, image_size: int) -> None:
-        super().__init__()
-        self.channels, self.size = 3, image_size
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 class VaeSpace(nn.Module):
@@ -66,9 +55,7 @@ def load_vae(path: str | Path) -> AutoencoderKL:
     return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
 
 
-def build_space(config: TokenizerConfig) -> PixelSpace | VaeSpace:
-    if config.input_space == "pixels":
-        return PixelSpace(config.image_size)
+def build_space(config: TokenizerConfig) -> VaeSpace:
     if config.vae_path is None:
-        raise ValueError("input_space 'vae' needs vae_path (a local AutoencoderKL folder)")
+        raise ValueError("the tokenizer needs vae_path (a local diffusers AutoencoderKL folder)")
     return VaeSpace(load_vae(config.vae_path), config.image_size, config.vae_shift, config.vae_scale)

@@ -19,7 +19,7 @@ from selftok.data.dataset import to_unit
 from selftok.tokenizer.schedule import sample_limits
 from selftok.tokenizer.spatial import SpatialStep, SpatialTokenizer
 from selftok.tokenizer.spatial_params import SpatialParams
-from selftok.tokenizer.train import Callbacks, TrainResult, train_task
+from selftok.training.loop import Callbacks, TrainResult, train_task
 
 
 class SpatialTask:

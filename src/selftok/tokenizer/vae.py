@@ -7,7 +7,7 @@ as the config's ``shift_factor`` and ``scaling_factor`` (latent = (z - shift) * 
 variance), which is what ``selftok.tokenizer.space.VaeSpace`` applies.
 
 Why a latent space at our scale too: on raw pixels the tokenizer's encoder never learns shape
-(its patch features hold colour, not outline; docs/tokenizer_ablation.md). A conv autoencoder's
+(its patch features hold colour, not outline; docs/experiments.md). A conv autoencoder's
 latents carry local outline features, so the same encoder reads shapes from them.
 """
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from selftok.data.dataset import to_unit
 from selftok.tokenizer.params import VaeParams
-from selftok.tokenizer.train import Callbacks, TrainResult, train_task
+from selftok.training.loop import Callbacks, TrainResult, train_task
 
 
 def build_vae(params: VaeParams, image_size: int) -> AutoencoderKL:

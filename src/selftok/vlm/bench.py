@@ -1,7 +1,7 @@
 """Speed of the VLM: image tokens/s sampled with and without the KV cache, and training tokens/s.
 
-Uses models/vlm when it exists, else a freshly built model of the params' size (speed does not
-depend on the weights). Results merge into metrics/bench.json next to the other components'.
+Speed does not depend on the weights, so a freshly built model of the params' size stands in
+for a trained one that does not exist yet (``bench_model``).
 """
 
 from __future__ import annotations
@@ -9,55 +9,56 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from selftok.config import Params
 from selftok.data.scenes import SceneConfig, SceneGenerator
-from selftok.tokenizer.train import step_generator
+from selftok.training.loop import step_generator
 from selftok.vlm.generate import generate_images
 from selftok.vlm.model import SelftokVLM, build_lm
+from selftok.vlm.params import VLMParams
 from selftok.vlm.train import VLMTask
 from selftok.vlm.vocab import VLMTokenizer
 
-MODEL_DIR, CODES_INFO, BENCH_FILE = Path("models/vlm"), Path("data/codes/info.json"), Path("metrics/bench.json")
+
+def scene_captions(max_objects: int, seed: int, n: int) -> list[str]:
+    """Captions of the first ``n`` val scenes of a scene world: prompts to time."""
+    generator = SceneGenerator(SceneConfig(max_objects=max_objects), seed)
+    return [generator.scene("val", i).caption for i in range(n)]
 
 
-def bench_model(root: Path, params: Params) -> SelftokVLM:
-    if (root / MODEL_DIR / "config.json").is_file():
-        return SelftokVLM.from_pretrained(root / MODEL_DIR)
-    info = json.loads((root / CODES_INFO).read_text()) if (root / CODES_INFO).is_file() else {"num_tokens": 32, "codebook_size": 1024}
-    captions = [s.caption for s in _scenes(params, 256)]
-    tokenizer = VLMTokenizer.build(captions, int(info["codebook_size"]), int(info["num_tokens"]), params.vlm.text_vocab_size)
-    return SelftokVLM(build_lm(params.vlm, tokenizer, params.seed), tokenizer, params.vlm.sampling)
+def bench_model(folder: Path, codes: Path, params: VLMParams, captions: list[str], seed: int) -> SelftokVLM:
+    """The VLM in ``folder``, else a fresh one of the params' size for the codes in ``codes``
+    (K = 32, 1024 codes while there are none) with a text vocabulary built on ``captions``."""
+    if (folder / "config.json").is_file():
+        return SelftokVLM.from_pretrained(folder)
+    info_file = codes / "info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {"num_tokens": 32, "codebook_size": 1024}
+    tokenizer = VLMTokenizer.build(captions, int(info["codebook_size"]), int(info["num_tokens"]), params.text_vocab_size)
+    return SelftokVLM(build_lm(params, tokenizer, seed), tokenizer, params.sampling)
 
 
-def _scenes(params: Params, n: int) -> list[Any]:
-    generator = SceneGenerator(SceneConfig(max_objects=params.data.scenes.max_objects), params.seed)
-    return [generator.scene("val", i) for i in range(n)]
-
-
-def bench_vlm(root: Path, params: Params, prompts: int = 16, train_steps: int = 3) -> dict[str, float]:
-    vlm = bench_model(root, params)
+def bench_vlm(vlm: SelftokVLM, params: VLMParams, captions: list[str], seed: int, train_steps: int = 3) -> dict[str, float]:
+    """Tokens/s of generating one image per caption (cached and uncached) and of ``train_steps``
+    training steps at the params' batch size."""
     s = vlm.sampling
     k = vlm.tokenizer.num_tokens
-    captions = [scene.caption for scene in _scenes(params, prompts)]
     results: dict[str, float] = {}
     for cached in (True, False):
         generate_images(vlm.lm, vlm.tokenizer, captions[:2], 1, s.cfg_scale, s.temperature, s.top_k, s.seed, use_cache=cached, min_p=s.min_p)
         started = time.perf_counter()
         generate_images(vlm.lm, vlm.tokenizer, captions, 1, s.cfg_scale, s.temperature, s.top_k, s.seed, s.batch_size, cached, s.min_p)
-        results[f"generate_tokens_per_s_{'cached' if cached else 'uncached'}"] = prompts * k / (time.perf_counter() - started)
+        results[f"generate_tokens_per_s_{'cached' if cached else 'uncached'}"] = len(captions) * k / (time.perf_counter() - started)
 
-    codes = torch.randint(0, vlm.tokenizer.num_codes, (params.vlm.batch_size, k), generator=torch.Generator().manual_seed(0))
-    task = VLMTask(vlm.lm.train(), vlm.tokenizer, vlm.tokenizer.encode_text([captions[i % len(captions)] for i in range(len(codes))]), codes, params.vlm, vlm.lm.device)
-    optimizer = torch.optim.AdamW(task.param_groups(params.vlm.lr))
+    codes = torch.randint(0, vlm.tokenizer.num_codes, (params.batch_size, k), generator=torch.Generator().manual_seed(0))
+    ids = vlm.tokenizer.encode_text([captions[i % len(captions)] for i in range(len(codes))])
+    task = VLMTask(lm=vlm.lm.train(), tokenizer=vlm.tokenizer, captions=ids, codes=codes, params=params, device=vlm.lm.device)
+    optimizer = torch.optim.AdamW(task.param_groups(params.lr))
     index = torch.arange(len(codes))
     elapsed, tokens = 0.0, 0
     for step in range(train_steps + 1):  # the first step warms up and is not timed
         started = time.perf_counter()
-        loss, parts = task.loss(task.module, index, step_generator(params.seed, step, 0))
+        loss, parts = task.loss(task.module, index, step_generator(seed, step, 0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,16 +66,6 @@ def bench_vlm(root: Path, params: Params, prompts: int = 16, train_steps: int = 
             elapsed += time.perf_counter() - started
             tokens += parts.tokens
     results["train_tokens_per_s"] = tokens / elapsed
-    results["vlm_bench_batch_size"] = float(params.vlm.batch_size)
+    results["vlm_bench_batch_size"] = float(params.batch_size)
     results["vlm_bench_image_tokens"] = float(k)
     return results
-
-
-def merge_bench(root: Path, results: dict[str, float]) -> Path:
-    """Update metrics/bench.json in place, keeping what other benchmarks wrote."""
-    path = root / BENCH_FILE
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    current.update(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    return path

@@ -63,6 +63,7 @@ class ImageSpanSampler(LogitsProcessor):
 
     def __init__(
         self,
+        *,
         tokenizer: VLMTokenizer,
         prompt_length: int,
         conditional_rows: int,
@@ -143,7 +144,8 @@ def sample_codes(
         rows += [t2i_prompt(tokenizer, [])] * len(prompts)
     ids, mask = left_pad(rows, tokenizer.pad_id)
     device = lm.device
-    sampler = ImageSpanSampler(tokenizer, ids.shape[1], len(prompts), cfg_scale or 1.0, temperature, top_k, generator, min_p)
+    sampler = ImageSpanSampler(tokenizer=tokenizer, prompt_length=ids.shape[1], conditional_rows=len(prompts), cfg_scale=cfg_scale or 1.0,
+                               temperature=temperature, top_k=top_k, generator=generator, min_p=min_p)
     lm.eval()
     out = lm.generate(
         input_ids=ids.to(device),

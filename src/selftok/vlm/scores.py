@@ -83,13 +83,3 @@ def generation(
     rows = [r for r in records for _ in range(n)]
     return summarize_judged(rows, judge_images(rows, images, evaluator)), images
 
-
-def per_category(records: Sequence[Record], limit: int) -> list[Record]:
-    """At most ``limit`` records of each category, in the set's order."""
-    taken: dict[str, int] = {}
-    out = []
-    for r in records:
-        if taken.get(r["tag"], 0) < limit:
-            taken[r["tag"]] = taken.get(r["tag"], 0) + 1
-            out.append(r)
-    return out

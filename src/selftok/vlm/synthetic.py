@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from selftok.data.codes import CODES, CODES_MANIFEST, code_sample
+from selftok.data.codes import CODES_MANIFEST, code_sample
 from selftok.data.scenes import BACKGROUNDS, COLORS, SHAPES, Scene, SceneConfig, SceneGenerator, SceneObject, render
 from selftok.data.shards import write_shards
 
@@ -88,10 +88,11 @@ def render_codes(codes: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def write_synthetic_codes(
-    root: Path, n_train: int, n_val: int, num_tokens: int = MIN_TOKENS, num_codes: int = MIN_CODES, seed: int = 0,
+    root: Path, folder: Path, n_train: int, n_val: int, num_tokens: int = MIN_TOKENS, num_codes: int = MIN_CODES, seed: int = 0,
     image_size: int = 32, shard_size: int = 1000,
 ) -> None:
-    """data/codes shards, manifest and info.json in the tokenize stage's format, from scene metadata."""
+    """Code shards, manifest and info.json in the code folder ``root / folder``, in the tokenize stage's
+    format, from scene metadata."""
     generator = SceneGenerator(SceneConfig(image_size=image_size), seed)
     rows = []
     for split, n in (("train", n_train), ("val", n_val)):
@@ -100,8 +101,8 @@ def write_synthetic_codes(
             code_sample(f"{split}-{i:06d}", np.asarray(codes_from_metadata(s.metadata(), num_tokens, num_codes)), s.caption, json.dumps(s.metadata()))
             for i, s in enumerate(scenes)
         ]
-        for path in write_shards(samples, root / CODES / split, shard_size):
+        for path in write_shards(samples, root / folder / split, shard_size):
             keys = [s["__key__"] for s in samples[int(path.stem.split("-")[1]) * shard_size :][:shard_size]]
             rows += [{"key": k, "split": split, "shard": str(path.relative_to(root))} for k in keys]
-    pd.DataFrame(rows).sort_values("key", kind="stable").to_parquet(root / CODES_MANIFEST, index=False)
-    (root / CODES / "info.json").write_text(json.dumps({"num_tokens": num_tokens, "codebook_size": num_codes, "tokenizer": "synthetic"}) + "\n")
+    pd.DataFrame(rows).sort_values("key", kind="stable").to_parquet(root / folder / CODES_MANIFEST, index=False)
+    (root / folder / "info.json").write_text(json.dumps({"num_tokens": num_tokens, "codebook_size": num_codes, "tokenizer": "synthetic"}) + "\n")

@@ -1,6 +1,6 @@
 """Pretraining of the VLM on code shards: next-token loss over mixed text/image sequences.
 
-The loop itself is the project's accelerate loop (selftok.tokenizer.train.run_loop): batches,
+The loop itself is the project's accelerate loop (selftok.training.loop.run_loop): batches,
 task draws and caption dropout derive from (seed, step, rank) only, so a run resumed from a
 checkpoint replays exactly what an uninterrupted one would have done, and the same code runs
 data-parallel under ``accelerate launch``. The loss is reported split by modality (visual vs
@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.nn import functional as F
 
-from selftok.tokenizer.train import Callbacks, LoopConfig, TrainResult, make_accelerator, run_loop
+from selftok.training.loop import Callbacks, LoopConfig, TrainResult, make_accelerator, run_loop
 from selftok.vlm.params import VLMParams
 from selftok.vlm.sequences import IGNORE, TASKS, Batch, collate, sample_examples
 from selftok.vlm.vocab import VLMTokenizer
@@ -59,6 +59,7 @@ class VLMTask:
 
     def __init__(
         self,
+        *,
         lm: nn.Module,
         tokenizer: VLMTokenizer,
         captions: Sequence[Sequence[int]],
@@ -153,9 +154,6 @@ def train_vlm(
 ) -> tuple[TrainResult, VLMTask]:
     """Train ``lm`` to ``params.steps``, resuming from the newest checkpoint in ``checkpoints``."""
     accelerator = accelerator or make_accelerator()
-    task = VLMTask(lm.to(accelerator.device), tokenizer, captions, codes, params, accelerator.device)
-    loop = LoopConfig(
-        params.steps, params.batch_size, params.lr_decay, params.warmup_steps, params.grad_clip,
-        params.checkpoint_every, params.log_every, params.eval_every, seed,
-    )
-    return run_loop(task, len(captions), params.lr, loop, checkpoints, accelerator, callbacks), task
+    task = VLMTask(lm=lm.to(accelerator.device), tokenizer=tokenizer, captions=captions, codes=codes, params=params,
+                   device=accelerator.device)
+    return run_loop(task, len(captions), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks), task

@@ -1,0 +1,95 @@
+"""The evaluate stage's generation benchmark, loaded once and scored many times.
+
+RL at this scale is chaotic and one draw of images moves a score by about 2 points, so studies
+score many models and recipes; loading the tokenizer, the judge and the real renders once serves
+them all. Two prompt sets: ``heldout``, the evaluate stage's benchmark, and ``train``, as many of
+the prompts RL trains on. A gain on the second that the first does not show is learnt per prompt
+and does not carry over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selftok.config import Params
+from selftok.eval.evaluator import SceneEvaluator
+from selftok.eval.geneval import Record, per_category, prompt_sets, real_renders
+from selftok.paths import EVALUATOR
+from selftok.stages.arms import SELFTOK, Arm
+from selftok.vlm.benchmark import benchmark_generation, benchmark_sampling, data_ceiling, reference_diversity
+from selftok.vlm.decode import reference_images, render_fn
+from selftok.vlm.model import SelftokVLM
+from selftok.vlm.scores import DecodeFn
+
+
+def reseeded(params: Params, offset: int) -> Params:
+    """``params`` with the sampling seed moved by ``offset``: another draw of the same recipe."""
+    sampling = params.vlm.sampling
+    vlm = params.vlm.model_copy(update={"sampling": sampling.model_copy(update={"seed": sampling.seed + offset})})
+    return params.model_copy(update={"vlm": vlm})
+
+
+def benchmark_records(params: Params) -> dict[str, list[Record]]:
+    """The two prompt sets, at most ``vlm.eval.geneval_prompts_per_category`` per category each."""
+    sets, limit = prompt_sets(params.data, params.seed, params.geneval), params.vlm.eval.geneval_prompts_per_category
+    return {"heldout": per_category(sets["heldout"], limit), "train": per_category(sets["train"], limit)}
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts to score on, with their real renders through the tokenizer and those renders' evaluator features."""
+
+    records: list[Record]
+    real: torch.Tensor  # reference_images, prompt-major
+    real_features: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What scores a VLM: the root's tokenizer with its renderer, its evaluator, and the two prompt
+    sets (RL changes none of these, so one load serves the pretrained model and every seed)."""
+
+    decode: DecodeFn
+    evaluator: SceneEvaluator
+    params: Params
+    sets: dict[str, PromptSet]
+
+    @classmethod
+    def load(cls, root: Path, params: Params, arm: Arm = SELFTOK) -> Benchmark:
+        tokenizer = arm.load_tokenizer(root, with_renderer=True)  # names a missing model folder
+        decode, evaluator = render_fn(tokenizer), SceneEvaluator.load(root / EVALUATOR)
+        sets = {}
+        for name, rows in benchmark_records(params).items():
+            per_prompt = benchmark_sampling(params.vlm.sampling, params.evaluate.samples_per_prompt).samples_per_prompt
+            real = reference_images(tokenizer, decode, real_renders(params.data, rows, per_prompt))
+            sets[name] = PromptSet(rows, real, evaluator.features(real))
+        return cls(decode, evaluator, params, sets)
+
+    def score(self, model: Path, prompts: str = "heldout") -> dict[str, Any]:
+        """The evaluate stage's generation scores of one VLM on a prompt set (per category, diversity, distance to real)."""
+        chosen = self.sets[prompts]
+        summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), chosen.records, self.decode, self.evaluator,
+                                          benchmark_sampling(self.params.vlm.sampling, self.params.evaluate.samples_per_prompt),
+                                          chosen.real_features)
+        return summary
+
+    def with_params(self, params: Params) -> Benchmark:
+        """The same prompts, renders and judge, drawing with ``params``' sampling recipe."""
+        return dataclasses.replace(self, params=params)
+
+    def overall_by_seed(self, model: Path, seeds: int) -> list[float]:
+        """Held-out overall under ``seeds`` sampling seeds from the recipe's own: how much of a
+        difference the draw of images alone makes."""
+        return [self.with_params(reseeded(self.params, i)).score(model)["overall"] for i in range(seeds)]
+
+    def reference(self, prompts: str = "heldout") -> dict[str, Any]:
+        """The real renders of a prompt set through the tokenizer, as evaluate measures them: their
+        diversity and their scores (the data ceiling)."""
+        chosen, n = self.sets[prompts], benchmark_sampling(self.params.vlm.sampling, self.params.evaluate.samples_per_prompt).samples_per_prompt
+        return {"diversity_reference": reference_diversity(chosen.real, chosen.real_features, n),
+                "data_ceiling": data_ceiling(chosen.records, chosen.real, self.evaluator, n)}
