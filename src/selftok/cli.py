@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -12,16 +11,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
-from rich.console import Console
-from rich.logging import RichHandler
 
 from selftok.commands import status as status_commands
 from selftok.commands import tokenizer as tokenizer_commands
 from selftok.commands import vlm as vlm_commands
+from selftok.commands.common import console, fail, setup_logging
 from selftok.commands.study import study_app
 from selftok.config import PARAMS_FILE, load_params
 from selftok.errors import ConfigError
-from selftok.progress import STAGE_STATUS, is_terminal, report_to
+from selftok.progress import STAGE_STATUS, report_to
 
 if TYPE_CHECKING:
     from selftok.stages.arms import Arm
@@ -40,38 +38,16 @@ app.command("encode")(tokenizer_commands.encode)
 app.command("decode")(tokenizer_commands.decode)
 app.command("reconstruct")(tokenizer_commands.reconstruct)
 bench_app.command("tokenizer")(tokenizer_commands.bench_tokenizer)
-console = Console(stderr=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project root (holds params.yaml and dvc.yaml).")]
 ArmName = Annotated[str, typer.Option("--arm", help="Tokenizer arm: selftok or spatial (the control).")]
-
-
-def _log_handler() -> logging.Handler:
-    """Rich on a terminal; elsewhere one plain line a record (Rich would wrap each at 80 columns in a log)."""
-    if is_terminal(sys.stderr):
-        return RichHandler(console=console, show_path=False, rich_tracebacks=False)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    return handler
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[_log_handler()], force=True)
-    quiet = ("alembic", "urllib3", "httpx", "git", "filelock", "great_expectations", "mlflow.system_metrics", "mlflow.store.db.utils")
-    for noisy in quiet:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=1)
 
 
 def _arm(name: str) -> Arm:
     from selftok.stages.arms import ARMS
 
     if name not in ARMS:
-        _fail(f"no tokenizer arm {name!r}; known: {', '.join(ARMS)}")
+        fail(f"no tokenizer arm {name!r}; known: {', '.join(ARMS)}")
     return ARMS[name]
 
 
@@ -92,14 +68,14 @@ def stage(
     from selftok.errors import ShardError, StageError
     from selftok.stages.base import run_stage
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     tracked = os.environ.get("RANK", "0") == "0"  # one status file, kept by rank 0 of a multi-process launch
     if tracked:
         report_to(root / STAGE_STATUS, stage=name, stage_started=time.time())
     try:
         metrics = run_stage(name, root, params)
     except (ConfigError, KeyError, FileNotFoundError, StageError, ShardError) as error:
-        _fail(str(error).strip("'\""))
+        fail(str(error).strip("'\""))
     finally:
         if tracked:
             report_to(None)
@@ -109,7 +85,7 @@ def stage(
 def load_flow_module(root: Path, name: str) -> ModuleType:
     """Import flows/NAME.py from the project (flows/ is a top-level folder beside src/)."""
     if not (root / "flows" / f"{name}.py").is_file():
-        _fail(f"{root / 'flows' / name}.py: flow file not found; run from the project root or pass --root")
+        fail(f"{root / 'flows' / name}.py: flow file not found; run from the project root or pass --root")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module(f"flows.{name}")
@@ -131,11 +107,11 @@ def run(
     force: Annotated[bool, typer.Option(help="Rerun stages even when DVC sees no change.")] = False,
 ) -> None:
     """Run the whole pipeline: a Prefect flow with one task per DVC stage (unchanged stages skip)."""
-    _setup_logging()
+    setup_logging()
     try:
         load_params(root / PARAMS_FILE)
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
     prefect_env(root.resolve())
     pipeline = load_flow_module(root.resolve(), "pipeline")
     pipeline.pipeline(root=str(root.resolve()), stages=stages, force=force)
@@ -159,7 +135,7 @@ def bench_tokenize(
     from selftok.data.retokenize import plan, run_jobs
     from selftok.hashing import file_hash
 
-    _setup_logging()
+    setup_logging()
     batch = load_params(root / PARAMS_FILE).tokenize.batch_size
     tokenizer_arm = _arm(arm)
     jobs = [j for j in plan(root, file_hash(root / tokenizer_arm.tokenizer), tokenizer_arm.codes) if j.target.parent.name == "train"]
@@ -197,15 +173,15 @@ def check_codes(
     from selftok.tokenizer.metrics import psnr_8bit
     from selftok.viz import image_grid
 
-    _setup_logging()
+    setup_logging()
     try:
         samples = list(read_samples(shard))[:limit]
         tokenizer = _arm(arm).load_tokenizer(root, with_renderer=True)
         where = accepted_manifest(root).set_index("key")["shard"]
     except (ShardError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
     if not samples:
-        _fail(f"{shard}: no samples")
+        fail(f"{shard}: no samples")
     originals: dict[str, bytes] = {}
     for source in sorted({where[s["__key__"]] for s in samples}):
         originals |= {s["__key__"]: s["png"] for s in read_samples(root / source)}
@@ -247,7 +223,7 @@ def schedule(
     import time
     import urllib.request
 
-    _setup_logging()
+    setup_logging()
     project = root.resolve()
     prefect_env(project)
     server = None
@@ -263,7 +239,7 @@ def schedule(
                 time.sleep(1)
         else:
             server.terminate()
-            _fail(f"local Prefect server did not answer on {api} within 120 s")
+            fail(f"local Prefect server did not answer on {api} within 120 s")
         os.environ["PREFECT_API_URL"] = api
         console.print(f"started a local Prefect server: UI on http://127.0.0.1:{port}")
     try:
@@ -286,7 +262,7 @@ def report(root: Root = Path(".")) -> None:
 
     metrics_file = root / "metrics" / "evaluate.json"
     if not metrics_file.is_file():
-        _fail(f"{metrics_file}: not found; run `dvc repro evaluate` first")
+        fail(f"{metrics_file}: not found; run `dvc repro evaluate` first")
     experiment = load_params(root / PARAMS_FILE).tracking.experiment
     tracking.configure(root.resolve(), experiment)
     index = build_report(root.resolve() / REPORTS, json.loads(metrics_file.read_text()), experiment)
@@ -301,7 +277,7 @@ def check_params(
     try:
         load_params(path)
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
     console.print(f"[green]{path}: ok[/]")
 
 
@@ -322,7 +298,7 @@ def profile_show(name: str, root: Root = Path(".")) -> None:
     try:
         typer.echo(profile_yaml(root, name), nl=False)
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @profile_app.command("use")
@@ -344,9 +320,9 @@ def profile_use(
         if target.exists() and not force:
             current = yaml.safe_load(target.read_text())
             if all(current != profile_data(root, known) for known in profile_names(root)):
-                _fail(f"{target} has edits that are in no profile; pass --force (a backup goes to {target}.bak)")
+                fail(f"{target} has edits that are in no profile; pass --force (a backup goes to {target}.bak)")
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
     if target.exists():
         shutil.copyfile(target, target.with_name(target.name + ".bak"))
     target.write_text(text)

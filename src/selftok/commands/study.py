@@ -7,14 +7,14 @@ happen inside the commands, so `selftok --help` stays fast.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from selftok.commands.common import console, read_params
+from selftok.commands.common import console, fail, read_params, setup_logging
 from selftok.errors import SelftokError
+from selftok.paths import ARMS
 
 study_app = typer.Typer(help="Studies beside the pipeline: an RL recipe over seeds, sampling recipes, a tokenizer's scores.",
                         no_args_is_help=True)
@@ -25,20 +25,12 @@ Sets = Annotated[list[str] | None, typer.Option("--set", help="params override K
 
 
 def _prepare(threads: int) -> None:
-    """Plain log lines on stderr, the noisy libraries quiet, and the torch thread count."""
+    """Plain log lines, the noisy libraries quiet, and the torch thread count."""
     import torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
-    for noisy in ("alembic", "urllib3", "httpx", "git", "filelock", "great_expectations"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     if threads:
         torch.set_num_threads(threads)
-
-
-def _fail(message: str) -> NoReturn:
-    """One unwrapped line on stderr (a long path must not split the message), exit 1."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
 
 
 def _seed_values(first: list[int], extra: list[str]) -> list[int]:
@@ -46,7 +38,7 @@ def _seed_values(first: list[int], extra: list[str]) -> list[int]:
     try:
         return [*first, *(int(value) for value in extra)]
     except ValueError:
-        _fail(f"unexpected arguments {' '.join(extra)}; --seeds takes integers")
+        fail(f"unexpected arguments {' '.join(extra)}; --seeds takes integers")
 
 
 @study_app.command("rl-seeds", context_settings={"allow_extra_args": True})
@@ -75,7 +67,7 @@ def rl_seeds(
     try:
         summary = run(study, typer.echo)
     except (SelftokError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
     typer.echo(json.dumps(summary))
 
 
@@ -84,7 +76,7 @@ def sampling(
     recipes: Annotated[list[str], typer.Option("--recipe", help="KEY=VALUE[,KEY=VALUE] of vlm.sampling, e.g. cfg_scale=7 (repeatable).")],
     out: Annotated[Path, typer.Option("--out", help="JSON file of the scores.")],
     root: Root = Path("."),
-    model: Annotated[Path, typer.Option("--model", help="The VLM folder, relative to the root.")] = Path("models/vlm"),
+    model: Annotated[Path, typer.Option("--model", help="The VLM folder, relative to the root.")] = Path(ARMS["selftok"]["vlm"]),
     seeds: Annotated[int, typer.Option("--seeds", help="Sampling seeds per recipe.")] = 2,
     threads: Threads = 0,
     against: Annotated[Path | None, typer.Option("--against", help="An earlier sweep's JSON (another model): paired gains over it.")] = None,
@@ -100,7 +92,7 @@ def sampling(
     try:
         run(Sweep(root.resolve(), recipes, out, model, seeds, against), typer.echo)
     except (SelftokError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @study_app.command("tokenizer")
@@ -123,6 +115,6 @@ def tokenizer(
     try:
         row = score(root, val_images, cache, params)
     except (SelftokError, FileNotFoundError) as error:
-        _fail(str(error))
+        fail(str(error))
     console.print(f"scored {val_images} val scenes of {root / 'models'}", highlight=False)
     typer.echo(json.dumps(row, indent=1))

@@ -65,7 +65,7 @@ class DataParams(StrictModel):
 
     source: Literal["scenes", "folder", "shards"] = Field("scenes", description="scenes | folder | shards")
     image_size: int = Field(32, ge=8, le=4096, description="square side in pixels")
-    resize: Literal["center_crop", "none"] = Field("center_crop", description="center_crop | none (README: resize policy)")
+    resize: Literal["center_crop", "none"] = Field("center_crop", description="center_crop | none (docs/design.md: data sources)")
     shard_size: Positive = Field(1000, description="samples per webdataset shard")
     scenes: ScenesSource = Field(ScenesSource(), description="source scenes: the built-in world")
     folder: FolderSource = Field(FolderSource(), description="source folder: images with captions")

@@ -5,7 +5,7 @@ deterministic order. Decodable images from the folder and shard sources go throu
 policy; bytes that do not decode are passed through unchanged, so that `validate` can name and
 quarantine them rather than ingest silently dropping data.
 
-Resize policy ``center_crop`` (documented in the README): convert to the configured mode
+Resize policy ``center_crop`` (docs/design.md): convert to the configured mode
 (RGB; alpha is dropped, grayscale and palette images are expanded), scale the shorter side to
 ``image_size`` with a Lanczos filter, then crop the centre square. ``none`` re-encodes the
 image losslessly as PNG and leaves size and mode as they are.

@@ -1,4 +1,4 @@
-"""params.yaml section `rl`: GRPO on visual tokens (Selftok-Zero, METHOD.md section 5).
+"""params.yaml section `rl`: GRPO on visual tokens (Selftok-Zero; docs/method.md).
 
 Generations use the VLM's sampling recipe (`vlm.sampling`: CFG, temperature, top-k), the same
 one evaluation uses, so the reward is measured on what the benchmark will see. Each batch of

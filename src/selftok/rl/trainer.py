@@ -1,5 +1,5 @@
 """The GRPO loop: sample groups of images per prompt, reward them with the scene evaluator,
-and push the policy towards the better members of each group (METHOD.md section 5).
+and push the policy towards the better members of each group (docs/method.md).
 
 Samples are drawn with the evaluation recipe (CFG, temperature, top-k, min-p). The gradient is
 that of the model's own conditional log-probabilities of the drawn tokens, at temperature 1

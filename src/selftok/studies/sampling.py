@@ -21,6 +21,7 @@ from typing import Any
 from selftok.config import PARAMS_FILE, Params, merged, parse_overrides, parse_params, read_params
 from selftok.data.scenes import CATEGORIES
 from selftok.errors import ConfigError
+from selftok.paths import ARMS
 from selftok.studies.benchmark import Benchmark, reseeded
 
 PROMPT_SETS = ("train", "heldout")
@@ -35,7 +36,7 @@ class Sweep:
     root: Path
     recipes: list[str]
     out: Path
-    model: Path = Path("models/vlm")
+    model: Path = Path(ARMS["selftok"]["vlm"])
     seeds: int = 2
     against: Path | None = None
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 ScheduleKind = Literal["custom", "uniform"]  # see selftok.tokenizer.schedule
 Objective = Literal["velocity", "x0"]
 
-# Widths/depths per named size; the CPU default is "T" (METHOD.md section 7 prototype).
+# Widths/depths per named size; the CPU default is "T" (the size of the first CPU prototype).
 SIZES: dict[str, dict[str, int]] = {
     "T": {"encoder_width": 96, "encoder_depth": 3, "decoder_width": 128, "decoder_depth": 3, "heads": 4},
     "S": {"encoder_width": 192, "encoder_depth": 6, "decoder_width": 256, "decoder_depth": 6, "heads": 4},

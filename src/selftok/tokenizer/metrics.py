@@ -1,6 +1,6 @@
 """Reconstruction metrics on the 8-bit protocol, prefix curves and codebook usage.
 
-8-bit protocol (METHOD.md section 3): clamp to [-1, 1], quantise to uint8, then per image
+8-bit protocol (docs/method.md): clamp to [-1, 1], quantise to uint8, then per image
 PSNR = 20 log10(255) - 10 log10(MSE), averaged over images. SSIM is the standard
 Gaussian-window SSIM (11x11, sigma 1.5) on the same uint8 images, averaged over channels.
 """

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from selftok.paths import VAE
 from selftok.schema import EdgeWeight, Fraction, Positive, StrictModel, fill_absent, positive_int
 from selftok.tokenizer.arch import SIZES, Objective, ScheduleKind, TokenizerConfig
 from selftok.training.params import LoopParams
@@ -64,7 +65,7 @@ class TokenizerParams(SizeOverrides, LoopParams):
     code_dim: int = Field(16, ge=2, description="dimension of a code vector")
     encoder_patch: Positive = Field(1, description="patch side on the latent grid (8x8 latents: 64 patches)")
     decoder_patch: Positive | None = Field(None, description="patch side of the decoder on the latent grid (absent: encoder_patch)")
-    vae_path: str = Field("models/vae", description="the latent space: any LOCAL diffusers AutoencoderKL folder")
+    vae_path: str = Field(VAE, description="the latent space: any LOCAL diffusers AutoencoderKL folder")
     schedule: ScheduleKind = Field("custom", description="custom (paper's 5-band allocation) | uniform")
     objective: Objective = Field("velocity", description="velocity | x0")
     ema_decay: float = Field(0.95, gt=0.0, lt=1.0, description="codebook EMA decay per step (paper 0.99)")

@@ -4,7 +4,7 @@ The image is cut into a rows x cols grid of K rectangular cells; a ViT gives one
 cell, the Selftok quantiser (same codebook size and code dim, so the same bits per image)
 turns each into a code, and a transformer maps the K codes back to each cell's pixels. Codes
 are in raster order (row-major): codes[:, 0] is the top-left cell. This is the spatial-token
-model the paper contrasts with Selftok for RL (METHOD.md section 5); everything else in the
+model the paper contrasts with Selftok for RL (docs/method.md); everything else in the
 comparison (K, codebook, prefix dropout, training loop) is kept equal.
 
 There is no diffusion decoder: ``decode`` and ``render`` are the same deterministic pass. A

@@ -1,4 +1,4 @@
-"""Codes -> images for the VLM's samples: the tokenizer's one-step renderer (METHOD.md section 4)."""
+"""Codes -> images for the VLM's samples: the tokenizer's one-step renderer."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """params.yaml section `vlm`: model size, sequence mix, training recipe, sampling and scoring.
 
-Every sampling setting lives here (METHOD.md pitfall: unstated CFG, temperature, samples per
+Every sampling setting lives here (unstated CFG, temperature, samples per
 prompt and seeds make generation scores irreproducible) and is logged with the stage.
 """
 
