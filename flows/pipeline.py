@@ -10,15 +10,24 @@ The console stays short: each line a stage prints is relayed once, prefixed with
 (a progress bar redrawn with carriage returns counts as its last state), and the stages' loops
 print a few lines each (selftok.progress). While it runs, the flow keeps a status file that
 `selftok status` reads: which stage runs, since when, and how many are done.
+
+A stop signal (SIGTERM, SIGINT) is passed to the running stage's whole process group (dvc and
+the stage under it: a training stage saves a checkpoint and exits), which gets STOP_GRACE_SECONDS
+before it is killed; then the flow fails at once with a message that names the signal, instead
+of waiting for stages that no longer run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +43,103 @@ from selftok.config import Params, load_params
 from selftok.nested import flatten
 from selftok.progress import PIPELINE_STATUS, write_status
 from selftok.schema import params_hash
-from selftok.stages.base import resolve_stages
+from selftok.stages.base import PIPELINE_LOCK, resolve_stages
 
-LOCK_FILE = Path(".dvc", "tmp", "selftok-pipeline.lock")  # relative to the project root
+LOCK_FILE = PIPELINE_LOCK  # relative to the project root; a stage run directly takes it too
 SKIPPED = "didn't change, skipping"
+STOP_GRACE_SECONDS = 20.0  # a training stage needs one step and a checkpoint to stop cleanly
+_RUNNING: set[subprocess.Popen[bytes]] = set()  # stage process groups to stop on a signal
+_STOPPED = threading.Event()  # a stop signal arrived: no retries
+
+
+def _retry(_task: Any, _task_run: Any, _state: Any) -> bool:
+    """Retry a failed stage, unless the flow is being stopped."""
+    return not _STOPPED.is_set()
 
 
 class StageFailed(RuntimeError):
     """A stage exited non-zero; the message names the stage and its last output lines."""
+
+
+class PipelineStopped(StageFailed):
+    """The flow received a stop signal; the running stage was stopped (a rerun continues from it)."""
+
+
+def stop_stages(grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM each running stage's process group, then SIGKILL what is left after ``grace`` seconds."""
+    for process in list(_RUNNING):
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + grace
+        while _group_alive(process) and time.monotonic() < deadline:  # dvc exits first; the stage saves its checkpoint
+            time.sleep(0.1)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the group may outlive its leader
+
+
+def on_temporary_server() -> bool:
+    """Whether this process talks to a temporary Prefect server of its own (no PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return not PREFECT_API_URL.value()
+
+
+def temporary_servers() -> list[Any]:
+    """Prefect's temporary API servers started by this process."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    return [server for server in SubprocessASGIServer._instances.values() if server.server_process is not None]
+
+
+def exit_without_server(project: Path, number: int, message: str) -> None:
+    """End the command now. A stop signal sent to `selftok run`'s process group (stopping `make
+    run`) also stops Prefect's temporary server, a child in that group; Prefect would then retry
+    reporting the failure to the dead server for minutes. So: stop the server, close the MLflow
+    run as killed, remove the status file, say why, exit (the OS releases the pipeline lock)."""
+    for server in temporary_servers():
+        with suppress(Exception):
+            server.stop()
+    with suppress(Exception):
+        mlflow.end_run(status="KILLED")
+    (project / PIPELINE_STATUS).unlink(missing_ok=True)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(128 + number)
+
+
+def _group_alive(process: subprocess.Popen[bytes]) -> bool:
+    """Whether any process of the stage's group is left (its leader reaped, so it is no zombie)."""
+    process.poll()
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextmanager
+def stop_on_signals(project: Path) -> Iterator[None]:
+    """While the flow runs: a stop signal stops the running stage and fails the flow promptly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(number: int, _frame: object) -> None:
+        _STOPPED.set()
+        stop_stages()
+        message = (f"{signal.Signals(number).name} received: stopped the running stage; rerun to continue from it "
+                   "(a training stage resumes from its checkpoint)")
+        if on_temporary_server():
+            exit_without_server(project, number, message)
+        raise PipelineStopped(message)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stage_order(root: Path) -> list[str]:
@@ -91,9 +189,15 @@ def reproduce(stage: str, root: str, parent_run_id: str, force: bool = False) ->
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     logger.info("stage %s started", stage)
     started = time.perf_counter()
+    # its own process group, so that a signal can stop dvc and the stage under it together
     with subprocess.Popen(command, cwd=root, env=_stage_env(Path(root), parent_run_id), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT) as process:
-        tail = relay(process, stage, logger)
+                          stderr=subprocess.STDOUT, start_new_session=True) as process:
+        _RUNNING.add(process)
+        try:  # Prefect's task engine installs its own SIGTERM handler for the task: this one goes over it
+            with stop_on_signals(Path(root)):
+                tail = relay(process, stage, logger)
+        finally:
+            _RUNNING.discard(process)
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise StageFailed(f"stage {stage!r} failed (dvc exit {process.returncode}):\n" + "\n".join(tail))
@@ -106,7 +210,7 @@ def run_stages(project: Path, selected: list[str], parent_run_id: str, params: P
     """Each stage in order under the pipeline's retries and timeout, the status file naming the
     running stage, since when, and the stages done."""
     run = reproduce.with_options(retries=params.pipeline.retries, retry_delay_seconds=params.pipeline.retry_delay_seconds,
-                                 timeout_seconds=params.pipeline.stage_timeout_seconds)
+                                 timeout_seconds=params.pipeline.stage_timeout_seconds, retry_condition_fn=_retry)
     status: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "stages": selected, "finished": []}
     results = []
     for index, stage in enumerate(selected, 1):
@@ -148,6 +252,7 @@ def pipeline(
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; dvc.yaml has {order}")
     selected = select_stages(order, stages)
+    _STOPPED.clear()
     forced = set(selected if force else select_stages(order, force_stages) if force_stages else [])
     lock = FileLock(str(project / LOCK_FILE), timeout=0)
     (project / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +265,7 @@ def pipeline(
         tracking.configure(project, params.tracking.experiment)
         raw = yaml.safe_load((project / "params.yaml").read_text())
         tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "params.hash": params_hash(raw), "kind": "pipeline"}
-        with mlflow.start_run(run_name="pipeline", tags=tags) as parent:
+        with mlflow.start_run(run_name="pipeline", tags=tags) as parent, stop_on_signals(project):
             results = run_stages(project, selected, parent.info.run_id, params, forced)
             metrics = headline_metrics(project)
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +32,47 @@ def copy_project(dest: Path, profile: str = "smoke") -> Path:
     (dest / "params.yaml").write_text(profile_yaml(ROOT, profile))  # the merged profile, as `selftok profile use` writes it
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "--force", "-q"], cwd=dest, check=True)
     return dest
+
+
+def clone_project(source: Path, dest: Path) -> Path:
+    """A copy of a project that has run, its MLflow store included: the store records absolute
+    artifact paths, so every path under ``source`` in it is rewritten to ``dest``. Tests that
+    change a project (retraining, injected faults) start from a copy of the shared smoke run."""
+    shutil.copytree(source, dest, symlinks=True)
+    database = dest / "mlruns" / "mlflow.db"
+    if database.is_file():
+        with sqlite3.connect(database) as db:
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                for column in db.execute(f"PRAGMA table_info('{table}')").fetchall():
+                    if column[2].upper() in ("TEXT", "VARCHAR") or column[2].upper().startswith("VARCHAR"):
+                        db.execute(f'UPDATE "{table}" SET "{column[1]}" = replace("{column[1]}", ?, ?)', (str(source), str(dest)))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One Prefect test server for the whole run, shared by every test that runs a flow.
+
+    Starting a server per module raced the machine's load (a busy machine once missed a 30 s
+    start-up); one start with a generous timeout costs once and cannot time out on load alone.
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=600):
+        yield
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> tuple[Path, Any, Any]:
+    """The whole smoke pipeline run twice (the second skips), once per test run: the end-to-end
+    tests read it; the retraining and fault tests work on clones (clone_project)."""
+    from flows.pipeline import pipeline
+
+    project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    first = pipeline(root=str(project))
+    second = pipeline(root=str(project))
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return project, first, second
 
 
 @pytest.fixture(autouse=True)

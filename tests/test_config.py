@@ -83,8 +83,8 @@ def test_profile_show_output_validates_and_reads_back_as_the_profile(name: str, 
 
 def test_profile_names_and_unknown_profiles() -> None:
     assert profile_names(ROOT) == [DEFAULT_PROFILE, *OVERLAYS]
-    with pytest.raises(ConfigError, match="known profiles: default, smoke"):
-        profile_data(ROOT, "paper")
+    with pytest.raises(ConfigError, match="known profiles: default, paper, smoke"):
+        profile_data(ROOT, "laptop")
 
 
 @pytest.mark.parametrize(

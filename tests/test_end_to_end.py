@@ -34,16 +34,9 @@ CONTROL = [
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory, project_factory) -> tuple[Path, list, list]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.pipeline import pipeline
-
-    project = project_factory(tmp_path_factory.mktemp("e2e") / "project")
-    with prefect_test_harness(server_startup_timeout=180):
-        first = pipeline(root=str(project))
-        second = pipeline(root=str(project))
-    return project, first, second
+def smoke(smoke_run) -> tuple[Path, list, list]:
+    """The session's smoke run (tests/conftest.py), built once and shared with the retraining tests."""
+    return smoke_run
 
 
 def test_every_stage_ran_once_then_skipped(smoke) -> None:

@@ -76,15 +76,7 @@ def test_changed_param_reruns_only_downstream(project: Path) -> None:
     assert "Stage 'ingest' didn't change, skipping" in out and "Running stage 'validate'" in out
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-def test_flow_runs_stages_then_skips_and_names_a_failing_stage(project: Path, prefect_harness) -> None:
+def test_flow_runs_stages_then_skips_and_names_a_failing_stage(project: Path, prefect_server) -> None:
     from flows.pipeline import StageFailed, pipeline
 
     first = pipeline(root=str(project), stages=["ingest", "validate"])

@@ -1,5 +1,6 @@
 """The project's MLflow experiment opens on its runs, and each stage run lists the data it read."""
 
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -36,3 +37,30 @@ def test_a_stage_run_logs_its_data_deps_as_datasets_with_their_hashes(tmp_path: 
     evaluated = mlflow.get_run(scored.info.run_id).inputs.dataset_inputs
     assert {t.key: t.value for t in evaluated[0].tags}["mlflow.data.context"] == "evaluation"
     assert evaluated[0].dataset.digest == inputs[0].dataset.digest  # the same bytes read: the same dataset
+
+
+def test_a_copied_project_logs_and_reads_artifacts_in_its_own_mlruns(tmp_path: Path) -> None:
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    tracking.configure(original, "moved")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "none"}')
+    with mlflow.start_run() as first:
+        mlflow.log_text("first", "note.txt")
+        version = tracking.log_model_dir(tmp_path / "model", "moved-model")
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # whatever the copy reads or writes must be its own
+
+    experiment_id = tracking.configure(copy, "moved")
+    with mlflow.start_run() as second:
+        mlflow.log_text("second", "note.txt")
+    own = (copy / "mlruns").resolve().as_uri() + "/"
+    client = MlflowClient()
+    assert client.get_experiment(experiment_id).artifact_location.startswith(own)
+    runs = client.search_runs([experiment_id])
+    assert {r.info.run_id for r in runs} == {first.info.run_id, second.info.run_id}
+    assert all(r.info.artifact_uri.startswith(own) for r in runs)
+    assert mlflow.artifacts.load_text(f"runs:/{first.info.run_id}/note.txt") == "first"
+    assert client.get_model_version_download_uri("moved-model", version).startswith(own)
+    downloaded = mlflow.artifacts.download_artifacts(f"models:/moved-model/{version}", dst_path=str(tmp_path / "dl"))
+    assert (Path(downloaded) / "artifacts").is_dir()
+    assert tracking.relocate_store(copy) == []  # once relocated, nothing left to move

@@ -17,7 +17,7 @@ from selftok.commands import tokenizer as tokenizer_commands
 from selftok.commands import vlm as vlm_commands
 from selftok.commands.common import console, fail, setup_logging
 from selftok.commands.study import study_app
-from selftok.config import PARAMS_FILE, load_params
+from selftok.config import PARAMS_FILE, Params, load_params
 from selftok.errors import ConfigError
 from selftok.progress import STAGE_STATUS, report_to
 
@@ -31,6 +31,7 @@ bench_app = typer.Typer(help="Speed benchmarks, merged into metrics/bench.json."
 app.add_typer(bench_app, name="bench")
 app.add_typer(study_app, name="study")
 app.command("status")(status_commands.status)
+app.command("serve")(importlib.import_module("selftok.commands.serve").serve)
 app.command("generate")(vlm_commands.generate)
 app.command("caption")(vlm_commands.caption)
 bench_app.command("vlm")(vlm_commands.bench_vlm)
@@ -100,18 +101,50 @@ def prefect_env(root: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
+Profile = Annotated[str | None, typer.Option("--profile", help="Use profile NAME (profiles/NAME.yaml over the defaults) instead of a file.")]
+
+
+def _params_of(root: Path, path: Path, profile: str | None) -> Params:
+    """The params of ``profile`` when given, else of the file ``path``; a bad key fails by name."""
+    from selftok.config import parse_params, profile_data
+
+    try:
+        return parse_params(profile_data(root, profile), f"profile {profile}") if profile else load_params(path)
+    except ConfigError as error:
+        fail(str(error))
+
+
+def dry_run(root: Path, params: Params, as_json: bool) -> None:
+    """Print the stage plan with each model's size, memory per GPU and FLOPs; nothing runs."""
+    import json
+
+    from selftok.commands.plan import format_plan, plan_rows
+    from selftok.stages.base import resolve_stages
+
+    try:
+        text = json.dumps(plan_rows(params), indent=1) + "\n" if as_json else format_plan(params, list(resolve_stages(root)))
+    except ConfigError as error:
+        fail(str(error))
+    typer.echo(text, nl=False)
+
+
 @app.command()
 def run(
     root: Root = Path("."),
     stages: Annotated[list[str] | None, typer.Option("--stage", help="Run only these stages (repeatable).")] = None,
     force: Annotated[bool, typer.Option(help="Rerun stages even when DVC sees no change.")] = False,
+    dry: Annotated[bool, typer.Option("--dry-run", help="Only print the plan: stages, parameters, memory per GPU, FLOPs.")] = False,
+    profile: Profile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: the plan's rows as JSON.")] = False,
 ) -> None:
     """Run the whole pipeline: a Prefect flow with one task per DVC stage (unchanged stages skip)."""
     setup_logging()
-    try:
-        load_params(root / PARAMS_FILE)
-    except ConfigError as error:
-        fail(str(error))
+    params = _params_of(root, root / PARAMS_FILE, profile)
+    if dry:
+        dry_run(root, params, as_json)
+        return
+    if profile:
+        fail(f"--profile {profile} only plans (--dry-run); `selftok profile use {profile}` makes it the params of a run")
     prefect_env(root.resolve())
     pipeline = load_flow_module(root.resolve(), "pipeline")
     pipeline.pipeline(root=str(root.resolve()), stages=stages, force=force)
@@ -272,13 +305,12 @@ def report(root: Root = Path(".")) -> None:
 @app.command("check-params")
 def check_params(
     path: Annotated[Path, typer.Argument(help="Params file (or a profile overlay) to check.")] = Path(PARAMS_FILE),
+    profile: Profile = None,
+    root: Root = Path("."),
 ) -> None:
-    """Validate a params file against the schema and exit non-zero naming every bad key."""
-    try:
-        load_params(path)
-    except ConfigError as error:
-        fail(str(error))
-    console.print(f"[green]{path}: ok[/]")
+    """Validate a params file (or a profile) against the schema and exit non-zero naming every bad key."""
+    _params_of(root, path, profile)
+    console.print(f"[green]{f'profile {profile}' if profile else path}: ok[/]")
 
 
 @profile_app.command("list")

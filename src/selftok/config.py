@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -22,7 +22,7 @@ from selftok.data.params import DataParams, TokenizeParams, ValidateParams
 from selftok.errors import ConfigError
 from selftok.eval.params import EvaluateParams, EvaluatorParams, GenevalParams
 from selftok.rl.params import RLParams
-from selftok.schema import StrictModel, fill_absent
+from selftok.schema import Positive, StrictModel, fill_absent
 from selftok.tokenizer.params import RendererParams, TokenizerParams, VaeParams
 from selftok.tokenizer.spatial_params import ControlParams, shared_recipe
 from selftok.vlm.params import VLMParams
@@ -52,6 +52,16 @@ class TrackingParams(StrictModel):
     experiment: str = Field("selftok", min_length=1, description="MLflow experiment name")
 
 
+class ComputeParams(StrictModel):
+    """The hardware a run is planned for: read only by `selftok run --dry-run` (its estimates)."""
+
+    gpus: Positive = Field(8, description="GPUs of the data-parallel (or sharded) training run")
+    gpu_memory_gb: float = Field(80.0, gt=0, description="memory of one GPU (H100: 80)")
+    peak_tflops: float = Field(989.0, gt=0, description="dense bf16 peak of one GPU (H100 SXM: 989)")
+    utilisation: float = Field(0.4, gt=0, le=1, description="share of the peak a training step reaches (MFU)")
+    sharding: Literal["ddp", "fsdp"] = Field("fsdp", description="ddp: full replicas | fsdp: weights, grads and optimizer sharded over the GPUs")
+
+
 class Params(StrictModel):
     """The whole params file: one section per package, assembled here."""
 
@@ -70,6 +80,7 @@ class Params(StrictModel):
     control: ControlParams = Field(ControlParams(), description="spatial-token control arm: same recipe, other tokens")
     pipeline: PipelineParams = Field(PipelineParams(), description="how Prefect runs the stages")
     tracking: TrackingParams = Field(TrackingParams(), description="MLflow")
+    compute: ComputeParams | None = Field(None, description="hardware of a planned run (`selftok run --dry-run`; absent: one CPU)")
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +105,21 @@ class Params(StrictModel):
             if getattr(spatial, key) != getattr(selftok, key):
                 raise ValueError(f"control.spatial.{key} ({getattr(spatial, key)}) must equal tokenizer.{key} "
                                  f"({getattr(selftok, key)}): both arms code an image in the same number of bits")
+        return self
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> Params:
+        """The image must divide into VAE latents, and the latent grid into the tokenizer's patches."""
+        size, factor = self.data.image_size, self.vae.downsampling()
+        if factor is None:  # a pretrained VAE without `expected`: checked when it is loaded
+            return self
+        if size % factor:
+            source = "vae.expected.block_out_channels" if self.vae.pretrained else "vae.block_out_channels"
+            raise ValueError(f"data.image_size {size} is not divisible by the VAE's downsampling {factor} ({source})")
+        for key in ("encoder_patch", "decoder_patch"):
+            if (patch := getattr(self.tokenizer, key)) and (size // factor) % patch:
+                raise ValueError(f"tokenizer.{key} {patch} does not divide the {size // factor}x{size // factor} latent grid "
+                                 f"(data.image_size {size} / VAE downsampling {factor})")
         return self
 
     def section(self, key: str) -> Any:

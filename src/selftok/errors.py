@@ -29,3 +29,11 @@ class DataContractError(StageError):
 
 class ShardError(SelftokError, RuntimeError):
     """A shard could not be read: truncated, corrupt, or not a tar file. Names the shard."""
+
+
+class CheckpointError(StageError):
+    """A checkpoint or model file is truncated or corrupt; names the file so it can be removed."""
+
+
+class Interrupted(StageError):
+    """A stop signal (SIGTERM, SIGINT) arrived; the stage saved a checkpoint first and a rerun resumes."""

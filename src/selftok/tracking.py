@@ -2,18 +2,24 @@
 
 The store is sqlite under ``mlruns/`` with artifacts in ``mlruns/artifacts`` (current MLflow
 refuses the plain file store); ``MLFLOW_TRACKING_URI`` overrides it, e.g. for a shared server.
+MLflow records absolute artifact locations, so a project copied or moved with its ``mlruns/`` is
+relocated when it is first configured: its store then points at its own ``mlruns/`` and a copy
+never logs into, or reads from, the original's folder.
 A stage run nests under the pipeline's run when ``SELFTOK_PARENT_RUN_ID`` is set.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
+import sqlite3
 import subprocess
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -33,8 +39,56 @@ EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
+log = logging.getLogger(__name__)
+
+
+def project_store_uri(root: Path) -> str:
+    """The project's own store: sqlite under ``root/mlruns``."""
+    return f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+
+
 def tracking_uri(root: Path) -> str:
-    return USER_TRACKING_URI or f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+    return USER_TRACKING_URI or project_store_uri(root)
+
+
+def _project_of(location: str) -> str | None:
+    """The ``.../mlruns`` folder of an experiment laid out as this module makes them
+    (``<project>/mlruns/artifacts``), else None."""
+    path = unquote(urlparse(location).path) if location.startswith("file:") else location
+    return path.removesuffix("/artifacts") if path.endswith("/mlruns/artifacts") else None
+
+
+def _rewrite_prefix(conn: sqlite3.Connection, before: str, after: str) -> None:
+    """Replace the leading ``before`` by ``after`` in every text column of every table."""
+    tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        for column in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+            if any(kind in str(column[2]).upper() for kind in ("CHAR", "TEXT", "CLOB")):
+                name = column[1]
+                conn.execute(f'UPDATE "{table}" SET "{name}" = ? || substr("{name}", ?) WHERE substr("{name}", 1, ?) = ?',
+                             (after, len(before) + 1, len(before), before))
+
+
+def relocate_store(root: Path) -> list[str]:
+    """Point a copied or moved project's store at its own ``mlruns/``: every location recorded
+    under another project's ``mlruns/`` (experiments, runs, logged models, model versions) moves
+    to this one's, where the copy holds the same files. Returns the old folders (none: nothing to do)."""
+    db = root / "mlruns" / "mlflow.db"
+    if not db.is_file():
+        return []
+    here = (root / "mlruns").resolve()
+    with closing(sqlite3.connect(db, timeout=60)) as conn, conn:
+        try:
+            locations = [row[0] for row in conn.execute("SELECT artifact_location FROM experiments")]
+        except sqlite3.OperationalError:  # a store MLflow has not set up yet
+            return []
+        old = sorted({_project_of(location) for location in locations if location} - {None, str(here)})
+        for folder in old:
+            _rewrite_prefix(conn, Path(folder).as_uri() + "/", here.as_uri() + "/")
+            _rewrite_prefix(conn, folder + "/", f"{here}/")
+    for folder in old:
+        log.info("MLflow store moved: locations under %s now point at %s", folder, here)
+    return old
 
 
 def configure(root: Path, experiment: str) -> str:
@@ -42,6 +96,8 @@ def configure(root: Path, experiment: str) -> str:
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///"):
         (root / "mlruns" / "artifacts").mkdir(parents=True, exist_ok=True)
+    if uri == project_store_uri(root):
+        relocate_store(root)
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
@@ -165,18 +221,21 @@ def alias_version(model_name: str, alias: str) -> str | None:
         return None
 
 
-def log_model_dir(model_dir: Path, registered_name: str) -> str:
+def log_model_dir(model_dir: Path, registered_name: str, companions: Mapping[str, Path | None] | None = None) -> str:
     """Log a model folder (safetensors + config.json) to the active run and register a new version.
 
     Logged as a pyfunc model from code (src/selftok/mlflow_model.py), so the registry holds
-    loadable models without pickling anything. Returns the new version number.
+    loadable models without pickling anything. ``companions`` are folders logged with it that it
+    needs at serving time (a VLM's ``tokenizer`` and ``renderer``: its codes become images and
+    images become its codes); None entries are left out. Returns the new version number.
     """
     from selftok import __version__
 
+    extra = {name: str(folder) for name, folder in (companions or {}).items() if folder is not None}
     info = mlflow.pyfunc.log_model(
         name=registered_name,
         python_model=str(Path(__file__).with_name("mlflow_model.py")),
-        artifacts={"weights": str(model_dir)},
+        artifacts={"weights": str(model_dir), **extra},
         pip_requirements=[f"selftok=={__version__}"],
         registered_model_name=registered_name,
     )

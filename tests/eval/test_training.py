@@ -1,3 +1,4 @@
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,42 @@ def test_training_learns_and_resumes_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in reference.state_dict().items())
     _, other = train_evaluator(train, val, params.model_copy(update={"lr": 1e-3}), seed=3, checkpoint_dir=checkpoints)
     assert [r["loss_total"] for r in other] != [r["loss_total"] for r in history]
+
+
+@pytest.fixture
+def tf32_flags() -> Iterator[tuple[bool, bool]]:
+    """torch's TF32 flags as they were, put back after the test (monkeypatch cannot restore them)."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield flags
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_precision_keys_are_a_no_op_on_cpu_and_autocast_on_a_gpu(monkeypatch: pytest.MonkeyPatch, tf32_flags: tuple[bool, bool]) -> None:
+    from contextlib import nullcontext
+
+    from selftok.training.precision import autocast
+
+    params = EvaluatorParams(mixed_precision="bf16", tf32=not tf32_flags[0])
+    assert isinstance(autocast(params, "cpu"), nullcontext) and isinstance(autocast(EvaluatorParams(), "cpu"), nullcontext)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == tf32_flags
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "autocast", lambda device, dtype: (device, dtype))  # what a GPU would enter
+    assert autocast(EvaluatorParams(tf32=not tf32_flags[0]), "cuda") == ("cuda", torch.bfloat16)  # absent mixed_precision: bf16
+    assert torch.backends.cuda.matmul.allow_tf32 == torch.backends.cudnn.allow_tf32 == (not tf32_flags[0])
+    assert autocast(EvaluatorParams(mixed_precision="fp16"), "cuda:0") == ("cuda", torch.float16)
+    assert isinstance(autocast(EvaluatorParams(mixed_precision="no"), "cuda"), nullcontext)
+
+
+def test_the_evaluator_loop_takes_the_precision_keys_and_a_cpu_run_ignores_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import selftok.eval.training as training
+
+    train, val = scene_set("train", 32, image_size=16), scene_set("val", 8, image_size=16)
+    plain = EvaluatorParams(**{**TINY, "epochs": 1, "checkpoint_every": 1})
+    reference, _ = train_evaluator(train, val, plain, seed=3)
+    seen = []
+    real = training.autocast
+    monkeypatch.setattr(training, "autocast", lambda params, device: seen.append((params.mixed_precision, params.tf32, str(device))) or real(params, device))
+    model, _ = train_evaluator(train, val, plain.model_copy(update={"mixed_precision": "bf16", "tf32": True}), seed=3)
+    assert seen and set(seen) == {("bf16", True, "cpu")}
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), model.state_dict().values(), strict=True))

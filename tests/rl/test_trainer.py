@@ -261,3 +261,16 @@ def test_a_guard_roll_back_discards_later_scores_and_validates_the_weights_it_ke
     assert [h["step"] for h in on_disk] == steps
     assert all(int(p.stem[5:]) <= kept for p in (tmp_path / "ckpt" / "validation").glob("step_*.safetensors"))
     assert result.steps == (result.selected if result.selected is not None else kept)
+
+
+def test_sampling_and_updates_take_the_precision_keys_and_a_cpu_run_ignores_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selftok.rl.trainer as trainer
+
+    params = rl_params(steps=2, prompts_per_step=2, group_size=4, checkpoint_every=100)
+    plain = train_grpo(tiny_run(), params, tmp_path / "plain").history
+    seen = []
+    real = trainer.autocast
+    monkeypatch.setattr(trainer, "autocast", lambda p, device: seen.append((p.mixed_precision, p.tf32, str(device))) or real(p, device))
+    mixed = train_grpo(tiny_run(), params.model_copy(update={"mixed_precision": "bf16", "tf32": True}), tmp_path / "mixed").history
+    assert len(seen) == 4 and set(seen) == {("bf16", True, "cpu")}  # a sample and an update per step
+    assert mixed == plain

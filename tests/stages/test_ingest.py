@@ -64,3 +64,45 @@ def test_cli_rejects_bad_params_before_work(project: Path) -> None:
     assert result.returncode == 1
     assert "data.image_size" in result.stderr
     assert not (project / "data" / "shards").exists()
+
+
+def _photo_folder(folder: Path, n: int = 30) -> Path:
+    """Tiny PNGs of several sizes and modes, captioned by sidecars and a captions.jsonl."""
+    from PIL import Image
+
+    folder.mkdir()
+    lines = []
+    for i in range(n):
+        name = f"{'sub/' if i % 3 == 0 else ''}img{i:03d}.png"
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.new("RGBA" if i % 4 == 0 else "RGB", (10 + i % 7, 12 + i % 5), (i * 8, 255 - i * 8, i * 3)).save(folder / name)
+        if i % 2:
+            (folder / name).with_suffix(".txt").write_text(f"sidecar caption {i}\n")
+        else:
+            lines.append(json.dumps({"file": name, "caption": f"listed caption {i}"}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_folder_mapped_on_a_two_worker_cluster_gives_the_same_shards_and_manifest(tmp_path: Path, prefect_server: None) -> None:
+    from selftok.data.params import DataParams, FolderSource
+    from selftok.stages.ingest import map_folder, preview_images, write_split
+
+    data = DataParams(source="folder", image_size=8, shard_size=4, folder=FolderSource(path=_photo_folder(tmp_path / "photos"), val_fraction=0.2))
+    shards, rows = {}, {}
+    for how in ("single", "mapped"):
+        folder = tmp_path / how / "data" / "shards"
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "shard-000099.tar").write_bytes(b"stale")  # an earlier ingest's extra shard goes
+        if how == "single":
+            rows[how] = [r for split in ("train", "val", "images") for r in write_split(data, split, folder / split, frozenset())]
+        else:
+            rows[how] = map_folder(data, folder, workers=2)
+        shards[how] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    n_train = sum(r["split"] == "train" for r in rows["single"])
+    assert sum(name.startswith("train/") for name in shards["single"]) == -(-n_train // 4) > 1
+    assert "images/shard-000000.tar" in shards["single"] and len(rows["single"]) == 30
+    assert shards["mapped"] == shards["single"]
+    assert pd.DataFrame(rows["mapped"]).equals(pd.DataFrame(rows["single"]))
+    previews = preview_images(tmp_path / "mapped", rows["mapped"], 8)
+    assert len(previews) == n_train and previews[0].shape == (3, 8, 8)

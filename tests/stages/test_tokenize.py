@@ -16,6 +16,7 @@ from selftok.data.codes import codes_from_bytes
 from selftok.data.dataset import ACCEPTED_MANIFEST, to_unit
 from selftok.data.retokenize import ShardJob, plan, run_jobs
 from selftok.data.scenes import SceneConfig, SceneGenerator, render
+from selftok.data.shard_map import task_runner
 from selftok.data.shards import read_samples, write_shards
 from selftok.errors import ShardError
 from selftok.tokenizer.arch import TokenizerConfig
@@ -73,17 +74,25 @@ def test_codes_equal_direct_encode_and_resume_skips_done_shards(jobs: list[Shard
     assert list(codes_of(changed[2])) == list(jobs[2].keys[:2])
 
 
-def test_two_workers_give_the_same_codes(jobs: list[ShardJob], tmp_path: Path) -> None:
+def test_a_two_worker_dask_cluster_writes_the_same_shard_bytes(jobs: list[ShardJob], tmp_path: Path) -> None:
     (tmp_path / "codes").mkdir()
     load = functools.partial(load_tiny, tmp_path / "tok")
     run_jobs(jobs, load, batch_size=5, workers=1)
-    single = [codes_of(j) for j in jobs]
+    single = [j.target.read_bytes() for j in jobs]
     for job in jobs:
         job.receipt.unlink()
-    assert run_jobs(jobs, load, batch_size=5, workers=2) == (3, 0)
-    for job, expected in zip(jobs, single, strict=True):
-        got = codes_of(job)
-        assert list(got) == list(expected) and all(np.array_equal(got[k], expected[k]) for k in got)
+        job.target.unlink()
+    done: list[ShardJob] = []
+    assert run_jobs(jobs, load, batch_size=5, workers=2, on_done=done.append) == (3, 0)  # a local 2-process cluster
+    assert done == jobs
+    assert [j.target.read_bytes() for j in jobs] == single
+
+
+def test_the_task_runner_is_a_local_cluster_on_127_0_0_1_or_the_given_one() -> None:
+    local = task_runner(3, None)
+    assert (local.address, local.cluster_kwargs["n_workers"], local.cluster_kwargs["host"]) == (None, 3, "127.0.0.1")
+    remote = task_runner(3, "tcp://10.0.0.5:8786")
+    assert (remote.address, remote.cluster_kwargs) == ("tcp://10.0.0.5:8786", {})
 
 
 def test_truncated_shard_is_named_and_others_kept(jobs: list[ShardJob], tmp_path: Path) -> None:

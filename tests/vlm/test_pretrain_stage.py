@@ -18,6 +18,8 @@ from selftok.vlm.synthetic import write_synthetic_codes
 @pytest.mark.integration
 def test_pretrain_vlm_stage_on_synthetic_codes(project: Path) -> None:
     write_synthetic_codes(project, SELFTOK.codes, n_train=64, n_val=16, num_tokens=K, num_codes=C, image_size=16, shard_size=32)
+    for upstream in (SELFTOK.tokenizer, SELFTOK.renderer, "models/evaluator"):  # present for DVC, but holding no model
+        (project / upstream).mkdir(parents=True)
     metrics = run_stage("pretrain_vlm@selftok", project)
     assert json.loads((project / "metrics" / "pretrain_vlm.json").read_text()) == metrics
     assert metrics["steps"] == 30

@@ -106,5 +106,6 @@ class TokenizeParams(StrictModel):
     """Re-tokenising accepted images into code shards."""
 
     batch_size: Positive = Field(256, description="images per encode call")
-    workers: int = Field(1, ge=1, le=256, description="processes mapping over shards")
+    workers: int = Field(1, ge=1, le=256, description="1: encode in this process; more: a local Dask cluster of this many processes (ingest of a folder source too)")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster to map shards on (ingest of a folder source too), e.g. tcp://host:8786")
     check_samples: Positive = Field(64, description="val samples decoded back and compared")

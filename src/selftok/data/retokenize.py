@@ -3,8 +3,9 @@
 Each source shard maps to one code shard with the same name, written atomically next to a
 small JSON receipt holding the digest of its inputs (source shard bytes, accepted keys,
 tokenizer weights). A shard whose receipt matches is not redone, so an interrupted run resumes
-where it stopped. Shards are independent: here a process pool maps over them; on a cluster the
-same `tokenize_shard` is mapped by Prefect over a Dask or Ray task runner.
+where it stopped. Shards are independent: one worker encodes them in turn in this process;
+more are mapped as Prefect tasks over a Dask cluster (selftok.data.shard_map), a local one or an
+existing one, with the same shard bytes either way.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 
 from selftok.data.codes import code_sample
 from selftok.data.dataset import CAPTIONED, accepted_manifest, decode_png, to_unit
+from selftok.data.shard_map import map_shards
 from selftok.data.shards import read_samples, write_shards
 from selftok.errors import ShardError
 from selftok.hashing import file_hash
@@ -68,17 +69,21 @@ def plan(root: Path, tokenizer_digest: str, codes: Path) -> list[ShardJob]:
     return jobs
 
 
-_worker: dict[str, Any] = {}
+_loaded: dict[str, Any] = {}  # tokenizer digest -> the tokenizer, once per worker process
 
 
-def _init_worker(load: Callable[[], Any], threads: int) -> None:
-    torch.set_num_threads(threads)
-    _worker["tokenizer"] = load()
+def _worker_tokenizer(load: Callable[[], Any], digest: str, threads: int | None) -> Any:
+    """The tokenizer of a Dask worker, loaded on its first shard and kept for the next ones."""
+    if digest not in _loaded:
+        if threads:
+            torch.set_num_threads(threads)
+        _loaded.clear()
+        _loaded[digest] = load()
+    return _loaded[digest]
 
 
-def tokenize_shard(job: ShardJob, batch_size: int, tokenizer: Any = None) -> list[str]:
+def tokenize_shard(job: ShardJob, batch_size: int, tokenizer: Any) -> list[str]:
     """Encode the accepted samples of one shard; returns the keys written, in order."""
-    tokenizer = tokenizer if tokenizer is not None else _worker["tokenizer"]
     wanted = set(job.keys)
     try:
         samples = [s for s in read_samples(job.source) if s["__key__"] in wanted]
@@ -103,8 +108,8 @@ def tokenize_shard(job: ShardJob, batch_size: int, tokenizer: Any = None) -> lis
     return [s["__key__"] for s in samples]
 
 
-def _run_job(job: ShardJob, batch_size: int) -> list[str]:
-    return tokenize_shard(job, batch_size)
+def _worker_job(job: ShardJob, load: Callable[[], Any], batch_size: int, threads: int | None) -> list[str]:
+    return tokenize_shard(job, batch_size, _worker_tokenizer(load, job.tokenizer_digest, threads))
 
 
 def run_jobs(
@@ -113,26 +118,27 @@ def run_jobs(
     batch_size: int,
     workers: int,
     on_done: Callable[[ShardJob], None] | None = None,
+    address: str | None = None,
 ) -> tuple[int, int]:
-    """Run the jobs not already done; returns (shards encoded, shards skipped)."""
+    """Run the jobs not already done; returns (shards encoded, shards skipped).
+
+    One worker and no cluster ``address``: in this process. Otherwise Prefect tasks on a Dask
+    cluster: the one at ``address``, or a local one of ``workers`` processes that share this
+    machine's torch threads."""
     todo = [job for job in jobs if not job.is_done()]
     skipped = len(jobs) - len(todo)
     if skipped:
         log.info("tokenize: %d of %d shards already done with unchanged inputs; skipping them", skipped, len(jobs))
     if not todo:
         return 0, skipped
-    if workers <= 1:
+    if workers <= 1 and not address:
         tokenizer = load()
         for job in todo:
             tokenize_shard(job, batch_size, tokenizer)
             if on_done:
                 on_done(job)
         return len(todo), skipped
-    threads = max(1, torch.get_num_threads() // workers)
-    # spawn, not fork: forking a process whose torch thread pools are running can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(load, threads)) as pool:
-        for job, _ in zip(todo, pool.map(_run_job, todo, [batch_size] * len(todo)), strict=True):
-            if on_done:
-                on_done(job)
+    threads = None if address else max(1, torch.get_num_threads() // workers)
+    map_shards(partial(_worker_job, load=load, batch_size=batch_size, threads=threads), todo, workers, address,
+               on_done=on_done, name="retokenize")
     return len(todo), skipped

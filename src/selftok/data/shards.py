@@ -8,6 +8,7 @@ Samples are dicts of raw bytes per member extension (``png``, ``txt``, ``json``)
 from __future__ import annotations
 
 import logging
+import shutil
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,14 +25,29 @@ PICKLE_SUFFIXES = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "jobli
 
 
 def write_shards(samples: Iterable[dict[str, bytes | str]], folder: Path, shard_size: int) -> list[Path]:
-    """Write samples to ``folder/shard-%06d.tar``; same samples give byte-identical shards."""
+    """Write samples to ``folder/shard-%06d.tar``; same samples give byte-identical shards.
+
+    The shards are written in a scratch folder beside ``folder`` and moved in only once all are
+    complete, so a failed write (a full disk, a kill) never leaves a truncated shard where a later
+    stage reads: ``folder`` keeps its old shards and the scratch folder is removed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    scratch = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        # mtime and owner fixed, members sorted by TarWriter: output depends only on the samples.
+        with wds.ShardWriter(str(scratch / SHARD_PATTERN), maxcount=shard_size, verbose=0, encoder=False, mtime=0.0) as sink:
+            for sample in samples:
+                sink.write({k: v.encode() if isinstance(v, str) and not k.startswith("__") else v for k, v in sample.items()})
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     for old in folder.glob("shard-*.tar"):
         old.unlink()
-    # mtime and owner fixed, members sorted by TarWriter: output depends only on the samples.
-    with wds.ShardWriter(str(folder / SHARD_PATTERN), maxcount=shard_size, verbose=0, encoder=False, mtime=0.0) as sink:
-        for sample in samples:
-            sink.write({k: v.encode() if isinstance(v, str) and not k.startswith("__") else v for k, v in sample.items()})
+    for new in sorted(scratch.glob("shard-*.tar")):
+        new.replace(folder / new.name)
+    scratch.rmdir()
     return sorted(folder.glob("shard-*.tar"))
 
 
@@ -78,6 +94,10 @@ def _read_local(path: Path) -> Iterator[dict[str, bytes | str]]:
                     current = {"__key__": key, "__url__": str(path)}
                 handle = tar.extractfile(member)
                 current[ext] = handle.read() if handle else b""
+            # tarfile takes a file cut at a member boundary for a complete archive: only the
+            # end-of-archive marker (two zero blocks) tells a whole shard from a truncated one
+            if path.suffix == ".tar" and path.stat().st_size - tar.offset < 2 * tarfile.BLOCKSIZE:  # uncompressed
+                raise ShardError(f"{path}: truncated shard: no end-of-archive marker after {tar.offset} bytes")
     except (tarfile.TarError, EOFError, OSError) as error:
         raise ShardError(f"{path}: corrupt or truncated shard: {error}") from error
     if current is not None:

@@ -109,27 +109,44 @@ def _split_of(relative: str, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
-def folder_samples(params: DataParams, split: str) -> Iterator[Sample]:
+def folder_files(params: DataParams, split: str) -> list[str]:
+    """The split's image files, relative to the folder, in the order of its samples."""
     folder = params.folder.path
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(f"data.folder.path: {folder} is not a folder")
-    captions = _folder_captions(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"data.folder.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
-    for path in files:
-        relative = path.relative_to(folder).as_posix()
-        if _split_of(relative, params.folder.val_fraction) != split:
-            continue
-        sidecar = path.with_suffix(".txt")
-        caption = sidecar.read_text().strip() if sidecar.is_file() else captions.get(relative, "")
-        image, facts = apply_policy(path.read_bytes(), params)
-        yield {
-            "__key__": "img-" + hashlib.sha256(relative.encode()).hexdigest()[:16],
-            "png": image,
-            "txt": caption,
-            "json": json.dumps({"source": "folder", "file": relative, **facts}, sort_keys=True),
-        }
+    relatives = (path.relative_to(folder).as_posix() for path in files)
+    return [relative for relative in relatives if _split_of(relative, params.folder.val_fraction) == split]
+
+
+def folder_captions(params: DataParams) -> dict[str, str]:
+    """Captions of the folder's files from its captions.jsonl or captions.csv (sidecars aside)."""
+    folder = params.folder.path
+    if folder is None or not folder.is_dir():
+        raise FileNotFoundError(f"data.folder.path: {folder} is not a folder")
+    return _folder_captions(folder)
+
+
+def folder_sample(params: DataParams, relative: str, captions: dict[str, str]) -> Sample:
+    """One file of the folder as a sample: its sidecar .txt caption, else the one in ``captions``."""
+    path = params.folder.path / relative  # type: ignore[operator]
+    sidecar = path.with_suffix(".txt")
+    caption = sidecar.read_text().strip() if sidecar.is_file() else captions.get(relative, "")
+    image, facts = apply_policy(path.read_bytes(), params)
+    return {
+        "__key__": "img-" + hashlib.sha256(relative.encode()).hexdigest()[:16],
+        "png": image,
+        "txt": caption,
+        "json": json.dumps({"source": "folder", "file": relative, **facts}, sort_keys=True),
+    }
+
+
+def folder_samples(params: DataParams, split: str) -> Iterator[Sample]:
+    captions = folder_captions(params)
+    for relative in folder_files(params, split):
+        yield folder_sample(params, relative, captions)
 
 
 def shard_samples(params: DataParams, split: str) -> Iterator[Sample]:

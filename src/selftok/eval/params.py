@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from selftok.schema import Fraction, Positive, StrictModel, fill_absent, positive_int
+from selftok.training.params import PrecisionParams
 
 
 class Corruption(StrictModel):
@@ -27,8 +28,9 @@ AUGMENT = Corruption()
 DEGRADE = Corruption(blur_sigma=0.7, noise_std=0.06, patch_noise_std=0.06, color_shift=0.06, contrast=0.1)
 
 
-class EvaluatorParams(StrictModel):
-    """The scene evaluator: judge of generations and RL rewards (selftok.eval)."""
+class EvaluatorParams(PrecisionParams):
+    """The scene evaluator: judge of generations and RL rewards (selftok.eval); its training loop
+    takes the precision keys of every training section."""
 
     grid: Positive = Field(4, description="detection cells per image side; one object centre per cell")
     width: int = Field(16, ge=4, description="channels at full resolution, doubled per halving (capped at 8x)")

@@ -33,6 +33,7 @@ from selftok.eval.params import Corruption, EvaluatorParams
 from selftok.progress import track
 from selftok.schema import params_hash
 from selftok.training.checkpoint import STATE, latest_checkpoint, load_checkpoint, save_checkpoint
+from selftok.training.precision import autocast
 from selftok.training.schedules import warmup_cosine_lr
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,8 @@ class _Epochs:
             x, t = augment(index, self.data.images[index], self.targets[index], self.layers, params, generator)
             for group in self.optimizer.param_groups:
                 group["lr"] = warmup_cosine_lr(params.lr, epoch * steps + step, total, warmup)
-            losses = detection_loss(self.model, self.model(x.to(self.device)), t.to(self.device))
+            with autocast(params, self.device):
+                losses = detection_loss(self.model, self.model(x.to(self.device)), t.to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             self.optimizer.step()
@@ -235,7 +237,8 @@ def train_evaluator(
         score_threshold=params.score_threshold,
         nms_radius=params.nms_radius,
     )
-    fingerprint = params_hash({"params": params.model_dump(mode="json"), "seed": seed, "train": train.keys, "val": val.keys})
+    # absent precision keys left out: a checkpoint from before they existed still resumes
+    fingerprint = params_hash({"params": params.model_dump(mode="json", exclude_none=True), "seed": seed, "train": train.keys, "val": val.keys})
     torch.manual_seed(seed)
     model = SceneEvaluator(config).to(device)
     targets = targets_for(train.metadata, config)

@@ -14,11 +14,13 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from selftok.schema import Fraction, Positive, StrictModel, fill_absent
+from selftok.schema import Fraction, Positive, fill_absent
+from selftok.training.params import PrecisionParams
 
 
-class RLParams(StrictModel):
-    """The GRPO recipe, its reward, the diversity guard and carry-over validation."""
+class RLParams(PrecisionParams):
+    """The GRPO recipe, its reward, the diversity guard and carry-over validation; sampling and
+    updates take the precision keys of every training section."""
 
     steps: Positive = Field(300, description="RL steps, at most (the guard may stop the run earlier)")
     seed: int | None = Field(None, description="RL's prompt draws and samples (absent: the global seed, which also splits the prompts)")

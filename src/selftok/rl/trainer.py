@@ -34,6 +34,7 @@ from selftok.rl.params import RLParams
 from selftok.rl.selection import BestWeights, Validate
 from selftok.training.checkpoint import latest_checkpoint, load_checkpoint, roll_back_to, save_checkpoint
 from selftok.training.params import GRAD_CLIP
+from selftok.training.precision import autocast
 from selftok.training.schedules import lr_factor
 from selftok.vlm.generate import generate_images
 from selftok.vlm.params import SamplingParams
@@ -219,9 +220,10 @@ class GRPO:
         records = draw_prompts(run.prompts, p.prompts_per_step, random.Random(f"{run.seed}/rl/{step}"))
         rows = [r for r in records for _ in range(p.group_size)]
         run.lm.eval()
-        codes = generate_images(run.lm, run.tokenizer, [r["prompt"] for r in records], n=p.group_size, cfg_scale=s.cfg_scale,
-                                temperature=s.temperature, top_k=s.top_k, seed=run.seed * 100_003 + step,
-                                batch_size=s.batch_size, min_p=s.min_p)
+        with autocast(p, run.lm.device):
+            codes = generate_images(run.lm, run.tokenizer, [r["prompt"] for r in records], n=p.group_size, cfg_scale=s.cfg_scale,
+                                    temperature=s.temperature, top_k=s.top_k, seed=run.seed * 100_003 + step,
+                                    batch_size=s.batch_size, min_p=s.min_p)
         images = run.decode(codes)
         return Samples(rows=rows, codes=codes, images=images, scored=run.reward(rows, images))
 
@@ -230,15 +232,16 @@ class GRPO:
         run, p, lm = self.run, self.params, self.run.lm
         advantages = group_advantages(samples.scored.reward, p.group_size)
         captions = run.tokenizer.encode_text([r["prompt"] for r in samples.rows])
-        with torch.no_grad():
-            ref_logits = visual_logits(self.reference, run.tokenizer, captions, samples.codes) if self.reference else None
         lm.train()
-        logits = visual_logits(lm, run.tokenizer, captions, samples.codes)
-        logp = logprobs(logits, samples.codes)
-        kl = k3_kl(logp, logprobs(ref_logits, samples.codes)) if ref_logits is not None else None
-        parts = grpo_loss(logp, kl, advantages.to(logp.device), p.beta)
-        ptx = run.ptx(step) if run.ptx is not None and p.ptx_coef > 0 else None
-        loss = parts.loss if ptx is None else parts.loss + p.ptx_coef * ptx
+        with autocast(p, lm.device):
+            with torch.no_grad():
+                ref_logits = visual_logits(self.reference, run.tokenizer, captions, samples.codes) if self.reference else None
+            logits = visual_logits(lm, run.tokenizer, captions, samples.codes)
+            logp = logprobs(logits, samples.codes)
+            kl = k3_kl(logp, logprobs(ref_logits, samples.codes)) if ref_logits is not None else None
+            parts = grpo_loss(logp, kl, advantages.to(logp.device), p.beta)
+            ptx = run.ptx(step) if run.ptx is not None and p.ptx_coef > 0 else None
+            loss = parts.loss if ptx is None else parts.loss + p.ptx_coef * ptx
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(lm.parameters(), GRAD_CLIP)

@@ -67,3 +67,11 @@ def stage_arm(ctx: StageContext) -> Arm:
     if ctx.spec.item not in ARMS:
         raise KeyError(f"stage {ctx.name!r}: no tokenizer arm {ctx.spec.item!r}; known arms: {', '.join(ARMS)}")
     return ARMS[ctx.spec.item]
+
+
+def serving_models(ctx: StageContext, arm: Arm) -> dict[str, Path | None]:
+    """The folders a registered VLM of the arm is logged with to serve on its own: the tokenizer
+    that makes and reads its codes, and the renderer (None for spatial, which renders itself, and
+    for a model not trained yet: the version is then registered without them, not servable)."""
+    folders = {"tokenizer": arm.tokenizer, "renderer": arm.renderer}
+    return {name: ctx.path(f) if f is not None and ctx.path(f / "config.json").is_file() else None for name, f in folders.items()}

@@ -25,9 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import yaml
+from filelock import FileLock, Timeout
+from mlflow.exceptions import MlflowException
 
 from selftok import tracking
 from selftok.config import PARAMS_FILE, Params, load_params
+from selftok.errors import CheckpointError, ConfigError, StageError
 from selftok.nested import flatten, select
 from selftok.schema import params_hash
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:  # the flow and the CLI read stage specs without torch
 
 log = logging.getLogger("selftok.stage")
 
+PIPELINE_LOCK = Path(".dvc", "tmp", "selftok-pipeline.lock")  # relative to the project root; held by a flow or a direct stage
 CHECKPOINTS_DIR = "checkpoints/"  # persisted outs under here are resume state (see guard_checkpoints)
 INPUTS_RECORD = "inputs.json"
 # Nested params keys that steer only logging and evaluation: changing them reruns a stage, which
@@ -88,6 +92,7 @@ def resolve_stages(root: Path) -> dict[str, dict[str, Any]]:
     ``foreach``/``matrix`` groups expand to ``group@key`` stages with ``${item...}``/``${key}``
     substituted, exactly as `dvc repro` sees them (DVC's resolver, not a re-implementation).
     """
+    from dvc.exceptions import DvcException
     from dvc.fs import LocalFileSystem
     from dvc.parsing import DataResolver
 
@@ -96,8 +101,11 @@ def resolve_stages(root: Path) -> dict[str, dict[str, Any]]:
         raise FileNotFoundError(f"{dvc_file}: not found; run from the project root")
     # The resolver needs only a filesystem (for vars files and params.yaml) and the parsing config.
     repo = SimpleNamespace(fs=LocalFileSystem(), config={})
-    resolver = DataResolver(repo, str(root.resolve()), yaml.safe_load(dvc_file.read_text()) or {})
-    return resolver.resolve()["stages"]
+    try:  # a hand edit gone wrong: name the file, not the parser's input buffer
+        resolver = DataResolver(repo, str(root.resolve()), yaml.safe_load(dvc_file.read_text()) or {})
+        return resolver.resolve()["stages"]
+    except (yaml.YAMLError, DvcException) as error:
+        raise ConfigError(f"{dvc_file}: cannot be read as a DVC pipeline: {error}") from error
 
 
 def read_spec(root: Path, name: str) -> StageSpec:
@@ -128,6 +136,57 @@ def used_params(spec: StageSpec, params: Params) -> dict[str, Any]:
 def input_paths(root: Path, spec: StageSpec) -> dict[str, Path]:
     """The stage's data and model deps (its source files are tracked by git and DVC instead)."""
     return {dep: root / dep for dep in spec.deps if not dep.startswith("src/")}
+
+
+def require_inputs(spec: StageSpec, inputs: Mapping[str, Path]) -> None:
+    """Refuse to start without an upstream output, naming it and the stage that makes it."""
+    missing = [name for name, path in inputs.items() if not path.exists()]
+    if missing:
+        raise StageError(f"stage {spec.name}: missing input(s) {', '.join(missing)}; run `dvc repro {spec.name}` "
+                         "to make them first")
+
+
+def check_model_files(inputs: Mapping[str, Path]) -> None:
+    """Refuse a truncated or corrupt safetensors file among the inputs, by name, before it is
+    loaded: its header must parse and its tensors must end exactly where the file does."""
+    for path in inputs.values():
+        for file in sorted(path.rglob("*.safetensors")) if path.is_dir() else [path] if path.suffix == ".safetensors" else []:
+            problem = _safetensors_problem(file)
+            if problem:
+                raise CheckpointError(f"{file}: {problem}; rerun the stage that writes it (`dvc repro --force STAGE`)")
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 2 or 8 + length > size:
+            return "truncated or not a safetensors file (bad header length)"
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "corrupt safetensors header"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    if 8 + length + max(ends, default=0) != size:
+        return f"truncated or padded: {size} bytes where the header describes {8 + length + max(ends, default=0)}"
+    return None
+
+
+def pipeline_lock(root: Path) -> FileLock | None:
+    """The project's pipeline lock, taken for a stage run directly (not by the flow, which holds it
+    already): a stage beside a running pipeline would race it over the same outputs. None for a
+    folder that is no DVC project (a study's run folder)."""
+    if os.environ.get(tracking.PARENT_RUN_ENV) or not (root / ".dvc").is_dir():
+        return None
+    (root / PIPELINE_LOCK).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / PIPELINE_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StageError(f"a selftok pipeline is running in {root} (lock {PIPELINE_LOCK}); wait for it to finish "
+                         "rather than run a stage beside it") from None
+    return lock
 
 
 def resume_fingerprint(used: Mapping[str, Any], hashes: Mapping[str, str]) -> dict[str, Any]:
@@ -191,6 +250,18 @@ def _recorded(record: Path, fingerprint: Mapping[str, Any]) -> bool:
         return False
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a scratch file and a rename: a full disk or a kill leaves the old
+    file or none, never a truncated one that DVC or a later stage would take as the output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.partial")
+    try:
+        scratch.write_text(text)
+        scratch.replace(path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 @dataclass
 class StageContext:
     """What a stage's logic gets: the project root, typed params, and logging helpers."""
@@ -211,10 +282,12 @@ class StageContext:
         out = self.path(self.spec.plot(name))
         out.parent.mkdir(parents=True, exist_ok=True)
         keys = list(dict.fromkeys(k for row in rows for k in row)) or ["step"]
-        with out.open("w", newline="") as handle:
+        scratch = out.with_name(f".{out.name}.partial")
+        with scratch.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
+        scratch.replace(out)
 
     def logger(self, prefix: str) -> LogFn:
         """A training loop's ``on_log``: its rows as metrics under ``prefix``, at their step."""
@@ -263,23 +336,41 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     import torch  # here, not at import: the flow and the CLI read stage specs without torch
 
     torch.manual_seed(params.seed)  # weight initialisation and anything else drawn from torch's global generator
+    require_inputs(spec, input_paths(root, spec))
+    check_model_files(input_paths(root, spec))
     hashes = tracking.input_hashes(input_paths(root, spec))
     fingerprint = resume_fingerprint(used, hashes)
     if os.environ.get("RANK", "0") != "0":  # accelerate/torchrun worker: rank 0 alone tracks and writes
         ctx.tracked = False
         await_checkpoint_guard(root, spec, fingerprint)
         return fn(ctx)
-    guard_checkpoints(root, spec, fingerprint)
-    out = root / spec.metrics_file
+    lock = pipeline_lock(root)
+    try:
+        guard_checkpoints(root, spec, fingerprint)
+        return _tracked_run(ctx, fn, used, hashes)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _tracked_run(ctx: StageContext, fn: StageFn, used: dict[str, Any], hashes: dict[str, str]) -> Metrics:
+    """The stage under its MLflow run; an unreachable or unwritable store fails the stage by name
+    before its metrics file is written, so DVC records nothing and a rerun redoes the stage."""
+    out = ctx.root / ctx.spec.metrics_file
     out.unlink(missing_ok=True)  # a running or failed stage shows no numbers from an earlier run as its own
-    system_metrics = name.startswith(("train", "pretrain", "rl"))
-    with tracking.stage_run(root, params.tracking.experiment, name, used, params_hash(used), hashes, system_metrics) as run:
-        ctx.run_id = run.info.run_id
-        log.info("stage %s: started (MLflow run %s)", name, ctx.run_id)
-        metrics = fn(ctx)
-        ctx.log_metrics(metrics)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        mlflow.log_metric("stage_seconds", time.perf_counter() - ctx.started)
-        log.info("stage %s: done in %.1fs", name, time.perf_counter() - ctx.started)
+    system_metrics = ctx.name.startswith(("train", "pretrain", "rl"))
+    experiment = ctx.params.tracking.experiment
+    try:
+        with tracking.stage_run(ctx.root, experiment, ctx.name, used, params_hash(used), hashes, system_metrics) as run:
+            ctx.run_id = run.info.run_id
+            log.info("stage %s: started (MLflow run %s)", ctx.name, ctx.run_id)
+            metrics = fn(ctx)
+            ctx.log_metrics(metrics)
+            mlflow.log_metric("stage_seconds", time.perf_counter() - ctx.started)
+            write_atomic(out, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    except MlflowException as error:
+        out.unlink(missing_ok=True)
+        raise StageError(f"stage {ctx.name}: the MLflow store {tracking.tracking_uri(ctx.root)} failed: "
+                         f"{str(error).splitlines()[0]}; its outputs are not recorded, rerun when the store is back") from error
+    log.info("stage %s: done in %.1fs", ctx.name, time.perf_counter() - ctx.started)
     return metrics

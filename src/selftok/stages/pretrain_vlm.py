@@ -26,13 +26,13 @@ from selftok.data.codes import CodeSet, load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import heldout_records
-from selftok.stages.arms import Arm, stage_arm
+from selftok.stages.arms import Arm, serving_models, stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.training.loop import Callbacks, make_accelerator
 from selftok.viz import image_grid
 from selftok.vlm.decode import render_fn
 from selftok.vlm.generate import generate_images
-from selftok.vlm.model import SelftokVLM, build_lm
+from selftok.vlm.model import SelftokVLM, build_lm, build_vocabulary
 from selftok.vlm.params import VLMParams
 from selftok.vlm.scores import DecodeFn, comprehension, generation
 from selftok.vlm.train import evaluate_loss, train_vlm
@@ -50,7 +50,7 @@ def vocabulary(root: Path, train: CodeSet, params: VLMParams, arm: Arm) -> VLMTo
     folder = root / arm.vlm_checkpoints / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         return VLMTokenizer.from_pretrained(folder)
-    tokenizer = VLMTokenizer.build(train.captions, c, k, params.text_vocab_size)
+    tokenizer = build_vocabulary(params, train.captions, c, k)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
@@ -88,7 +88,7 @@ def run(ctx: StageContext) -> Metrics:
     params: VLMParams = ctx.params.vlm
     seed, arm = ctx.params.seed, stage_arm(ctx)
     train, val = load_codes(ctx.root, "train", folder=arm.codes), load_codes(ctx.root, "val", folder=arm.codes)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(params)
     if accelerator.is_main_process:  # stale checkpoints were already set aside by the stage contract
         vocabulary(ctx.root, train, params, arm)
     accelerator.wait_for_everyone()
@@ -110,7 +110,7 @@ def run(ctx: StageContext) -> Metrics:
         return {}
     vlm.lm = accelerator.unwrap_model(lm).eval()
     vlm.save_pretrained(ctx.path(arm.vlm))
-    mlflow.set_tag("registered_version", tracking.log_model_dir(ctx.path(arm.vlm), arm.registered_vlm))
+    mlflow.set_tag("registered_version", tracking.log_model_dir(ctx.path(arm.vlm), arm.registered_vlm, serving_models(ctx, arm)))
 
     n_val = min(params.eval.caption_samples, len(val))
     metrics: Metrics = {

@@ -29,7 +29,7 @@ from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.geneval import Record, per_category, prompt_sets, real_renders, scene_config, split_groups
 from selftok.rl.selection import best_entry
 from selftok.rl.trainer import RLResult, RLRun, evaluator_reward, pretraining_loss, train_grpo
-from selftok.stages.arms import Arm, stage_arm
+from selftok.stages.arms import Arm, serving_models, stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.viz import image_grid
 from selftok.vlm.decode import reference_images, render_fn
@@ -78,7 +78,7 @@ def run(ctx: StageContext) -> Metrics:
         ctx.set_tag("rl.selected", f"step {result.selected}: best on carry-over validation")
     vlm.lm.eval()
     vlm.save_pretrained(ctx.path(arm.vlm_rl))
-    tracking.log_model_dir(ctx.path(arm.vlm_rl), arm.registered_vlm)
+    tracking.log_model_dir(ctx.path(arm.vlm_rl), arm.registered_vlm, serving_models(ctx, arm))
     return {"rl": rl_summary(result, ptx is not None), **({"validation": validation_summary(result)} if result.validation else {})}
 
 

@@ -64,6 +64,7 @@ def run(ctx: StageContext) -> Metrics:
             params.batch_size,
             params.workers,
             on_done=lambda _: progress.update(),
+            address=params.dask_address,
         )
     seconds = time.perf_counter() - started
     rows = [

@@ -26,7 +26,7 @@ def run(ctx: StageContext) -> Metrics:
     val = load_split(ctx.root, "val", limit=ctx.params.tokenizer.eval.val_images).images
     model = SelftokTokenizer.from_pretrained(ctx.path(TOKENIZER))
     checkpoints = ctx.path(paths.RENDERER_CHECKPOINTS)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(p)
     callbacks = history_logger(checkpoints, ctx.logger("train"), trim=ctx.tracked)
 
     def on_eval(step: int) -> None:

@@ -27,7 +27,7 @@ def run(ctx: StageContext) -> Metrics:
     val = load_split(ctx.root, "val", limit=evaluation.val_images).images
     model = SpatialTokenizer(p.architecture(ctx.params.data.image_size))
     checkpoints = ctx.path(paths.SPATIAL_CHECKPOINTS)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(p)
     callbacks = history_logger(checkpoints, ctx.logger("train"), trim=ctx.tracked)
 
     def on_eval(step: int) -> None:

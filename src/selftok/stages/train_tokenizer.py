@@ -26,7 +26,7 @@ def run(ctx: StageContext) -> Metrics:
     val = load_split(ctx.root, "val", limit=p.eval.val_images).images
     model = SelftokTokenizer(p.architecture(ctx.params.data.image_size, ctx.root))
     checkpoints = ctx.path(paths.TOKENIZER_CHECKPOINTS)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(p)
     callbacks = history_logger(checkpoints, ctx.logger("train"), trim=ctx.tracked)
 
     def on_eval(step: int) -> None:

@@ -77,6 +77,7 @@ class TokenizerParams(SizeOverrides, LoopParams):
     no_token_fraction: Fraction = Field(0.1, description="unconditional samples (CFG)")
     commitment_weight: float = Field(1.0, ge=0.0, description="weight of the commitment loss")
     eval: TokenizerEval = Field(TokenizerEval(), description="val measurements after training")
+    allocation: tuple[int, ...] | None = Field(None, description="tokens hidden per time band, noisiest first (absent: the schedule's); must be the schedule's for K")
 
     @classmethod
     def inherited(cls, data: Any) -> Any:
@@ -89,7 +90,18 @@ class TokenizerParams(SizeOverrides, LoopParams):
     def _check(self) -> TokenizerParams:
         if self.prefix_dropout + self.no_token_fraction > 1:
             raise ValueError("prefix_dropout + no_token_fraction must be <= 1")
+        if self.allocation is not None:
+            self._check_allocation(self.allocation)
         return self
+
+    def _check_allocation(self, given: tuple[int, ...]) -> None:
+        """A stated allocation must be one the schedule can run: K tokens over its bands, as it computes them."""
+        from selftok.tokenizer.schedule import allocation  # torch: only when a profile states one
+
+        if sum(given) != self.num_tokens or min(given) < 0:
+            raise ValueError(f"tokenizer.allocation {list(given)} sums to {sum(given)}, not tokenizer.num_tokens {self.num_tokens}")
+        if list(given) != (wanted := allocation(self.num_tokens, self.schedule)):
+            raise ValueError(f"tokenizer.allocation {list(given)} is not the {self.schedule} schedule's {wanted} for K={self.num_tokens}")
 
     def architecture(self, image_size: int, root: Path | None = None) -> TokenizerConfig:
         """The networks' config; a relative ``vae_path`` is read from ``root`` (the project) when given."""
@@ -124,10 +136,36 @@ class RendererParams(LoopParams):
     edge_weight: EdgeWeight = Field(4.0, description="loss weight 1 + this near the image's edges (its loss is on pixels)")
 
 
+class VaeExpected(StrictModel):
+    """The shape a pretrained VAE is expected to have: what a dry run counts and computes from
+    when its config cannot be read here, and what the real config is checked against."""
+
+    latent_channels: Positive = Field(description="channels of its latent (SD3: 16)")
+    block_out_channels: tuple[Positive, ...] = Field(min_length=1, description="one halving per entry after the first")
+    layers_per_block: Positive = Field(description="resnet layers per block")
+    norm_num_groups: Positive = Field(description="group norm groups")
+    use_quant_conv: bool = Field(description="1x1 convolutions around the latent (SD3: none)")
+
+    def downsampling(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def mismatches(self, config: Any) -> list[str]:
+        """``vae.expected.KEY (want) != config (got)`` for each key a real VAE config contradicts."""
+        got = {key: getattr(config, key, None) for key in VaeExpected.model_fields}
+        got["block_out_channels"] = tuple(got["block_out_channels"] or ())
+        return [f"vae.expected.{key} {getattr(self, key)!r} != {got[key]!r} in the VAE's config"
+                for key in VaeExpected.model_fields if got[key] is not None and got[key] != getattr(self, key)]
+
+
 class VaeParams(LoopParams):
-    """params.yaml section ``vae``: the autoencoder's shape and its training recipe."""
+    """params.yaml section ``vae``: the autoencoder's shape and its training recipe, or a
+    pretrained one that is only loaded and has its latent statistics fitted."""
 
     CHECKPOINT_EVERY: ClassVar[int] = 250
+
+    pretrained: str | None = Field(None, description="a diffusers AutoencoderKL (hub id or local folder) used as is (absent: train our own)")
+    subfolder: str | None = Field(None, description="the VAE's folder inside a pretrained pipeline repo (SD3: vae)")
+    expected: VaeExpected | None = Field(None, description="the pretrained VAE's shape when its config cannot be read here")
 
     block_out_channels: tuple[Positive, ...] = Field(
         (16, 32, 64), min_length=1, description="one halving per entry after the first: 32x32 images -> 8x8 latents"
@@ -153,5 +191,15 @@ class VaeParams(LoopParams):
             raise ValueError(f"block_out_channels {bad} are not divisible by norm_num_groups {self.norm_num_groups}")
         return self
 
-    def downsampling(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
+    def downsampling(self) -> int | None:
+        """Image side / latent side: a pretrained VAE's comes from its (expected) config; None
+        when it is known only once the VAE is loaded."""
+        if self.pretrained is None:
+            return 2 ** (len(self.block_out_channels) - 1)
+        return self.expected.downsampling() if self.expected is not None else None
+
+    def latent_channels_known(self) -> int | None:
+        """Latent channels, from params or the pretrained VAE's expected config (None: unknown)."""
+        if self.pretrained is None:
+            return self.latent_channels
+        return self.expected.latent_channels if self.expected is not None else None

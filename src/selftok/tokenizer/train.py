@@ -144,7 +144,7 @@ def train_renderer(
     accelerator: Accelerator | None = None,
 ) -> TrainResult:
     """Train ``model.renderer`` (created if absent) on the frozen tokenizer's codes of ``images``."""
-    accelerator = accelerator or make_accelerator()
+    accelerator = accelerator or make_accelerator(params)
     model.to(accelerator.device).requires_grad_(False)
     codes = encode_all(model, images)
     if model.renderer is None:

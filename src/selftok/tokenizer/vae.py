@@ -1,7 +1,9 @@
 """The latent space the tokenizer reads and denoises: a small diffusers AutoencoderKL trained on the data.
 
-The paper's tokenizer works on SD3-VAE latents. No such VAE exists for 32x32 scenes and nothing
-downloads here, so ``train_vae`` trains one: diffusers' conv encoder/decoder with a diagonal
+The paper's tokenizer works on SD3-VAE latents. ``vae.pretrained`` names any diffusers
+AutoencoderKL (a hub id or a local folder; SD3's is 16 channels, 8x downsampling) that is then
+only loaded and has its latent statistics fitted. No such VAE exists for 32x32 scenes and nothing
+downloads here, so by default ``train_vae`` trains one: diffusers' conv encoder/decoder with a diagonal
 Gaussian latent, pixel MSE plus a small KL term. The latent statistics are stored the SD3 way,
 as the config's ``shift_factor`` and ``scaling_factor`` (latent = (z - shift) * scale, unit
 variance), which is what ``selftok.tokenizer.space.VaeSpace`` applies.
@@ -23,6 +25,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from selftok.data.dataset import to_unit
+from selftok.errors import ConfigError
 from selftok.tokenizer.params import VaeParams
 from selftok.training.loop import Callbacks, TrainResult, train_task
 
@@ -43,6 +46,31 @@ def build_vae(params: VaeParams, image_size: int) -> AutoencoderKL:
         sample_size=image_size,
         mid_block_add_attention=False,
     )
+
+
+def vae_downsampling(vae: AutoencoderKL) -> int:
+    """Image side / latent side of a diffusers AutoencoderKL: one halving per block after the first."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def load_pretrained_vae(params: VaeParams, image_size: int) -> AutoencoderKL:
+    """``vae.pretrained`` as an fp32 AutoencoderKL, checked against ``vae.expected`` and the image size.
+
+    A local folder is read as is; anything else is a hub id for diffusers' from_pretrained, which
+    uses its cache and fails offline, naming the id."""
+    ref = str(params.pretrained)
+    local = Path(ref).is_dir()
+    try:
+        vae = AutoencoderKL.from_pretrained(ref, subfolder=params.subfolder, local_files_only=local, torch_dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        where = "local folder" if local else "hub id (not in the local cache, and downloads are off here)"
+        raise ConfigError(f"vae.pretrained {ref!r}: cannot load this {where}: {str(error).splitlines()[0]}") from None
+    wrong = params.expected.mismatches(vae.config) if params.expected is not None else []
+    if wrong:
+        raise ConfigError(f"vae.pretrained {ref!r} is not the VAE the params expect: " + "; ".join(wrong))
+    if image_size % vae_downsampling(vae):
+        raise ConfigError(f"data.image_size {image_size} is not divisible by vae.pretrained's downsampling {vae_downsampling(vae)}")
+    return vae.eval()
 
 
 class VaeObjective(nn.Module):

@@ -1,7 +1,9 @@
 """Training checkpoints without pickles: tensors in safetensors, everything else in JSON.
 
 A checkpoint is a folder ``step_0000200/`` holding model.safetensors, optimizer.safetensors and
-state.json; state.json is written last, so a folder without it (a kill mid-write) is ignored.
+state.json. It is written under a temporary name and renamed when complete, so a kill or a full
+disk mid-write never leaves a folder that looks finished; one that is corrupt anyway (a bad disk,
+a hand edit) fails to load with an error naming the file, never as a silently different model.
 Randomness is derived from (seed, step), so no RNG state needs saving for an exact resume.
 A model's frozen input space (a VAE, the submodule ``space``) is saved with the model's own
 folder, never in checkpoints.
@@ -12,11 +14,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from selftok.errors import CheckpointError
 
 STATE = "state.json"
 FROZEN = "space."  # state keys of a model's frozen input space
@@ -59,13 +66,16 @@ def save_checkpoint(
 ) -> Path:
     """Write ``folder/step_NNNNNNN`` and, once it is complete, delete all but the newest ``keep``."""
     target = folder / f"step_{step:07d}"
+    scratch = folder / f".{target.name}.partial"  # not matched by step_*: never resumed from
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(scratch / "model.safetensors"))
+    tensors, meta = _split_optimizer(optimizer.state_dict())
+    save_file(tensors, str(scratch / "optimizer.safetensors"))
+    (scratch / STATE).write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(target / "model.safetensors"))
-    tensors, meta = _split_optimizer(optimizer.state_dict())
-    save_file(tensors, str(target / "optimizer.safetensors"))
-    (target / STATE).write_text(json.dumps({"step": step, "optimizer": meta, **extra}, indent=1))
+    scratch.rename(target)
     others = sorted(p for p in folder.glob("step_*") if p.is_dir() and p != target)
     for old in others[: max(0, len(others) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
@@ -98,7 +108,41 @@ def roll_back_to(path: Path, extra: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """Restore the optimizer in place; returns (step, model state, state.json contents)."""
-    state = json.loads((path / STATE).read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
-    return int(state["step"]), load_file(str(path / "model.safetensors")), state
+    state = _read(path / STATE, lambda file: json.loads(file.read_text()))
+    tensors = _read(path / "optimizer.safetensors", lambda file: load_file(str(file)))
+    try:
+        optimizer.load_state_dict(_join_optimizer(tensors, state["optimizer"]))
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: optimizer state does not fit this run ({error}); delete the folder to start fresh") from error
+    return int(state["step"]), _read(path / "model.safetensors", lambda file: load_file(str(file))), state
+
+
+def _read(file: Path, load: Any) -> Any:
+    """``load(file)``, a truncated or corrupt file reported by name instead of as a parser's error."""
+    try:
+        return load(file)
+    except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: checkpoint file is truncated or corrupt ({error}); delete {file.parent} "
+                              "to resume from an earlier checkpoint or start fresh") from error
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT only set ``received``: the loop finishes its step, saves a
+    checkpoint and stops with an error, so a stopped stage loses no work and a rerun resumes.
+    Outside the main thread (where handlers cannot be installed) it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, number: int, _frame: Any) -> None:
+        self.received = signal.Signals(number).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

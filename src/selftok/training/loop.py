@@ -9,6 +9,7 @@ how one step uses it is a ``Task``; the loop owns the optimizer, lr schedule, ch
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,15 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from selftok.errors import Interrupted
 from selftok.progress import Progress
 from selftok.schema import LRDecay
-from selftok.training.checkpoint import FROZEN, latest_checkpoint, load_checkpoint, own_state, save_checkpoint
+from selftok.training.checkpoint import FROZEN, StopSignals, latest_checkpoint, load_checkpoint, own_state, save_checkpoint
 from selftok.training.params import LoopParams
+from selftok.training.precision import apply_tf32
 from selftok.training.schedules import lr_factor
+
+log = logging.getLogger(__name__)
 
 LogFn = Callable[[int, dict[str, float]], None]
 EvalFn = Callable[[int], None]
@@ -81,10 +86,14 @@ class Task(Protocol):
     def after_step(self, aux: Any, generator: torch.Generator) -> dict[str, float]: ...
 
 
-def make_accelerator() -> Accelerator:
-    """CPU (gloo when launched with several processes) unless a GPU is present; bf16 on GPU."""
+def make_accelerator(params: LoopParams | None = None) -> Accelerator:
+    """CPU (gloo when launched with several processes) unless a GPU is present. On a GPU the
+    section's ``mixed_precision`` (absent: bf16) autocasts and ``tf32`` sets TF32 matmuls; on a
+    CPU both are no-ops, so a CPU run's numbers never depend on them."""
     gpu = torch.cuda.is_available()
-    return Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu else "no")
+    precision = (params.mixed_precision if params is not None else None) or "bf16"
+    apply_tf32(params.tf32 if params is not None else None)
+    return Accelerator(cpu=not gpu, mixed_precision=precision if gpu else "no")
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -115,6 +124,7 @@ def _resume(task: Task, optimizer: torch.optim.Optimizer, checkpoints: Path) -> 
     if found is None:
         return 0
     start, state, _ = load_checkpoint(found, optimizer)
+    log.info("resuming from %s (step %d)", found, start)
     missing, unexpected = task.module.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith(FROZEN) for k in missing):
         raise RuntimeError(f"{found}: checkpoint does not match the model ({missing[:3]}, {unexpected[:3]})")
@@ -153,10 +163,24 @@ def run_loop(
     optimizer = _optimizer(task, lr)
     start = _resume(task, optimizer, checkpoints)
     wrapped, optimizer = accelerator.prepare(task.module, optimizer)
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     history: list[dict[str, float]] = []
-    started, window_start, window_steps = time.perf_counter(), time.perf_counter(), 0
-    bar = Progress(loop.steps, "train", initial=start, enabled=main)
+    started = time.perf_counter()
+    bar = Progress(loop.steps, "train", initial=start, enabled=accelerator.is_main_process)
+    with StopSignals() as stop:
+        _train_steps(task, wrapped, optimizer, accelerator, loop, n_samples, checkpoints, callbacks, history, start, bar, stop)
+    bar.close()
+    seconds = time.perf_counter() - started
+    return TrainResult(steps=loop.steps, resumed_from=start, seconds=seconds, steps_per_s=(loop.steps - start) / max(seconds, 1e-9),
+                       history=history)
+
+
+def _train_steps(
+    task: Task, wrapped: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, loop: LoopConfig, n_samples: int,
+    checkpoints: Path, callbacks: Callbacks, history: list[dict[str, float]], start: int, bar: Progress, stop: StopSignals,
+) -> None:
+    """Steps ``start`` to ``loop.steps``; a stop signal ends them after a checkpoint of the step done."""
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    window_start, window_steps = time.perf_counter(), 0
     for step in range(start, loop.steps):
         factor = lr_factor(step, loop.steps, loop.warmup_steps, loop.lr_decay)
         for group in optimizer.param_groups:
@@ -176,16 +200,15 @@ def run_loop(
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if main and callbacks.on_log is not None:
                 callbacks.on_log(done, logs)
-        if _due(done, loop.checkpoint_every, loop.steps):
+        if _due(done, loop.checkpoint_every, loop.steps) or stop.received:
             if main:
                 save_checkpoint(checkpoints, done, own_state(accelerator.unwrap_model(wrapped)), optimizer, {})
             accelerator.wait_for_everyone()
+        if stop.received:
+            raise Interrupted(f"{stop.received} received: stopped after step {done} of {loop.steps} with a checkpoint in "
+                              f"{checkpoints}; rerun to resume")
         if main and callbacks.on_eval is not None and _due(done, loop.eval_every, loop.steps):
             callbacks.on_eval(done)
-    bar.close()
-    seconds = time.perf_counter() - started
-    return TrainResult(steps=loop.steps, resumed_from=start, seconds=seconds, steps_per_s=(loop.steps - start) / max(seconds, 1e-9),
-                       history=history)
 
 
 def train_task(
@@ -198,6 +221,6 @@ def train_task(
     accelerator: Accelerator | None,
 ) -> TrainResult:
     """Build a task on the accelerator's device and train it with ``params``' loop knobs."""
-    accelerator = accelerator or make_accelerator()
+    accelerator = accelerator or make_accelerator(params)
     loop = LoopConfig.from_params(params, seed)
     return run_loop(task_for(accelerator.device), n_samples, params.lr, loop, checkpoints, accelerator, callbacks)

@@ -7,16 +7,25 @@ shorter run, and a profile sets one only to see more of a short run (the smoke p
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from selftok.schema import LRDecay, Positive, StrictModel, fill_absent, positive_int
 
 GRAD_CLIP = 1.0  # global gradient-norm clip of every loop
+MixedPrecision = Literal["no", "bf16", "fp16"]  # accelerate's mixed_precision (autocast; weights stay fp32)
 
 
-class LoopParams(StrictModel):
+class PrecisionParams(StrictModel):
+    """The numeric precision keys of every training section, accelerate's loops and the others
+    alike (selftok.training.precision)."""
+
+    mixed_precision: MixedPrecision | None = Field(None, description="no | bf16 | fp16 autocast on GPUs (absent: bf16 on GPU); CPUs always run fp32")
+    tf32: bool | None = Field(None, description="TF32 matmuls and convolutions on Ampere+ GPUs (absent: torch's defaults)")
+
+
+class LoopParams(PrecisionParams):
     """The knobs of the shared training loop, by name."""
 
     # Intervals used when a section leaves its own out, capped at the run's length.

@@ -53,6 +53,32 @@ class EvalParams(StrictModel):
     sample_prompts: Positive = Field(8, description="val captions whose generations are logged as images")
 
 
+class LMExpected(StrictModel):
+    """The architecture a pretrained ``vlm.init_from`` is expected to have, every key stated:
+    what a dry run counts from when its config cannot be read here, and what the real config is
+    checked against when it can."""
+
+    hidden_size: Positive = Field(description="model width")
+    layers: Positive = Field(description="decoder layers")
+    heads: Positive = Field(description="attention heads")
+    kv_heads: Positive = Field(description="key/value heads (grouped-query attention)")
+    intermediate_size: Positive = Field(description="SwiGLU width")
+    vocab_size: Positive = Field(description="its text vocabulary, before the visual tokens are added")
+    tie_word_embeddings: bool = Field(description="one matrix for the embedding and the output head")
+    max_positions: Positive = Field(description="longest sequence it was trained on")
+
+    def mismatches(self, config: object) -> list[str]:
+        """``vlm.expected.KEY (want) != (got)`` for each key a real transformers config contradicts."""
+        names = {"layers": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
+                 "max_positions": "max_position_embeddings"}
+        out = []
+        for key in LMExpected.model_fields:
+            got = getattr(config, names.get(key, key), None)
+            if got is not None and got != getattr(self, key):
+                out.append(f"vlm.expected.{key} {getattr(self, key)!r} != {got!r} in the model's config")
+        return out
+
+
 class VLMParams(LoopParams):
     """Architecture preset (+ overrides), sequence formats and the pretraining recipe."""
 
@@ -69,6 +95,9 @@ class VLMParams(LoopParams):
     steps: Positive = Field(3000, description="optimizer steps")
     weight_decay: float = Field(0.1, ge=0.0, description="AdamW weight decay on matrices")
     sampling: SamplingParams = Field(SamplingParams(), description="every sampling setting of scores, samples, CLI and RL")
+    init_from: str | None = Field(None, description="a transformers causal LM (hub id or local folder) to start from, with its own text tokenizer (absent: size preset, our BPE)")
+    expected: LMExpected | None = Field(None, description="init_from's architecture when its config cannot be read here")
+    gradient_checkpointing: bool | None = Field(None, description="recompute activations in the backward pass (absent: off)")
     eval: EvalParams = Field(EvalParams(), description="measurements after training")
 
     @property

@@ -141,6 +141,17 @@ def evaluate_loss(
     return out
 
 
+def _checkpointing(lm: nn.Module, on: bool) -> None:
+    """Activation checkpointing of a transformers model on or off (its newer name when it has it)."""
+    name = "activation_checkpointing" if hasattr(lm, "activation_checkpointing_enable") else "gradient_checkpointing"
+    if on:
+        getattr(lm, f"{name}_enable")(**{f"{name}_kwargs": {"use_reentrant": False}})
+        lm.config.use_cache = False
+    else:
+        getattr(lm, f"{name}_disable")()
+        lm.config.use_cache = True
+
+
 def train_vlm(
     lm: nn.Module,
     tokenizer: VLMTokenizer,
@@ -153,7 +164,13 @@ def train_vlm(
     accelerator: Accelerator | None = None,
 ) -> tuple[TrainResult, VLMTask]:
     """Train ``lm`` to ``params.steps``, resuming from the newest checkpoint in ``checkpoints``."""
-    accelerator = accelerator or make_accelerator()
+    accelerator = accelerator or make_accelerator(params)
+    checkpointing = bool(params.gradient_checkpointing)
+    if checkpointing:  # activations of each layer are recomputed in the backward pass: memory for compute
+        _checkpointing(lm, True)
     task = VLMTask(lm=lm.to(accelerator.device), tokenizer=tokenizer, captions=captions, codes=codes, params=params,
                    device=accelerator.device)
-    return run_loop(task, len(captions), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks), task
+    result = run_loop(task, len(captions), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
+    if checkpointing:
+        _checkpointing(lm, False)
+    return result, task

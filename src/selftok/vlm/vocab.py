@@ -4,6 +4,9 @@ Ids are laid out so that the code <-> token mapping is one offset: special token
 0..8), then the BPE vocabulary, then ``<v_0>..<v_{C-1}>`` contiguously. The mapping is checked
 when a vocabulary is built or loaded, so a tokenizer file that does not keep the layout fails
 loudly instead of scrambling images.
+
+A pretrained LM's own text tokenizer (``VLMTokenizer.extend``) keeps its ids: the specials the
+sequence format needs and the visual tokens are appended after them, the visual tokens last.
 """
 
 from __future__ import annotations
@@ -44,14 +47,18 @@ def train_bpe(captions: Iterable[str], vocab_size: int) -> Tokenizer:
 class VLMTokenizer:
     """Text tokenizer + visual token range + the image length K (what every sequence layout needs)."""
 
-    def __init__(self, text: PreTrainedTokenizerFast, num_codes: int, num_tokens: int) -> None:
+    def __init__(self, text: PreTrainedTokenizerFast, num_codes: int, num_tokens: int, specials: Sequence[str] = SPECIALS) -> None:
+        """``specials``: the tokens playing [PAD], [BOS], ... [TXT] in that order (a pretrained
+        tokenizer may lend its own BOS / EOS / PAD)."""
         self.text = text
         self.num_codes = num_codes
         self.num_tokens = num_tokens
-        ids = text.convert_tokens_to_ids(list(SPECIALS))
-        if ids != list(range(len(SPECIALS))):
-            raise ValueError(f"special tokens must have ids 0..{len(SPECIALS) - 1}, got {ids}")
+        self.specials = tuple(specials)
+        ids = text.convert_tokens_to_ids(list(self.specials))
+        if None in ids or text.unk_token_id in ids or len(set(ids)) != len(SPECIALS):
+            raise ValueError(f"special tokens {self.specials} must be distinct tokens of the vocabulary, got ids {ids}")
         self.pad_id, self.bos_id, self.eos_id, self.bov_id, self.eov_id, self.t2i_id, self.i2t_id, self.img_id, self.txt_id = ids
+        self.special_ids = frozenset(ids) | frozenset(text.all_special_ids)
         self.visual_offset = text.convert_tokens_to_ids(visual_token(0))
         last = text.convert_tokens_to_ids(visual_token(num_codes - 1))
         if last != self.visual_offset + num_codes - 1 or len(text) != self.visual_offset + num_codes:
@@ -63,6 +70,18 @@ class VLMTokenizer:
         bpe.add_tokens([AddedToken(visual_token(i), normalized=False, single_word=False) for i in range(num_codes)])
         text = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=BOS, eos_token=EOS, pad_token=PAD)
         return cls(text, num_codes, num_tokens)
+
+    @classmethod
+    def extend(cls, text: PreTrainedTokenizerFast, num_codes: int, num_tokens: int) -> VLMTokenizer:
+        """A pretrained LM's text tokenizer with the sequence format's specials and one token per
+        code appended (its own BOS / EOS / PAD play those roles when it has them)."""
+        own = {BOS: text.bos_token, EOS: text.eos_token, PAD: text.pad_token}
+        specials = [own.get(name) or name for name in SPECIALS]
+        missing = [name for name in specials if text.convert_tokens_to_ids(name) in (None, text.unk_token_id)]
+        text.add_tokens([AddedToken(name, special=True, normalized=False) for name in missing], special_tokens=True)
+        text.add_tokens([AddedToken(visual_token(i), normalized=False, single_word=False) for i in range(num_codes)])
+        text.bos_token, text.eos_token, text.pad_token = specials[1], specials[2], specials[0]
+        return cls(text, num_codes, num_tokens, specials)
 
     def __len__(self) -> int:
         return len(self.text)
@@ -92,7 +111,7 @@ class VLMTokenizer:
         for i in ids:
             if i == self.eos_id:
                 break
-            if i >= len(SPECIALS) and i < self.visual_offset:
+            if i < self.visual_offset and int(i) not in self.special_ids:
                 kept.append(int(i))
         return self.text.decode(kept).strip()
 
@@ -100,10 +119,14 @@ class VLMTokenizer:
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
         self.text.save_pretrained(folder)
-        (folder / META_FILE).write_text(json.dumps({"num_codes": self.num_codes, "num_tokens": self.num_tokens}, indent=1) + "\n")
+        meta: dict[str, object] = {"num_codes": self.num_codes, "num_tokens": self.num_tokens}
+        if self.specials != SPECIALS:  # a pretrained tokenizer's roles (our own folders stay as they were)
+            meta["specials"] = list(self.specials)
+        (folder / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> VLMTokenizer:
         folder = Path(folder)
         meta = json.loads((folder / META_FILE).read_text())
-        return cls(PreTrainedTokenizerFast.from_pretrained(folder), int(meta["num_codes"]), int(meta["num_tokens"]))
+        text = PreTrainedTokenizerFast.from_pretrained(folder)
+        return cls(text, int(meta["num_codes"]), int(meta["num_tokens"]), meta.get("specials", SPECIALS))
