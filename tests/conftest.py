@@ -16,6 +16,11 @@ import pytest
 from selftok.config import profile_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tests never reach a hub or send telemetry, in this process or any it starts: set before
+# huggingface_hub, transformers or diffusers are imported (they read these once).
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DVC_NO_ANALYTICS"):
+    os.environ[_name] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 PROJECT_FILES = ("dvc.yaml", "src", "flows", "profiles", ".dvc/config", ".dvcignore")
 
 
