@@ -43,10 +43,11 @@ from selftok.config import Params, load_params
 from selftok.nested import flatten
 from selftok.progress import PIPELINE_STATUS, write_status
 from selftok.schema import params_hash
-from selftok.stages.base import PIPELINE_LOCK, resolve_stages
+from selftok.stages.base import PIPELINE_LOCK, STAGE_TIMES, resolve_stages, write_atomic
 
 LOCK_FILE = PIPELINE_LOCK  # relative to the project root; a stage run directly takes it too
 SKIPPED = "didn't change, skipping"
+TIMINGS_FILE = Path("metrics", "pipeline.json")  # relative to the project root; written by the flow, no DVC output
 STOP_GRACE_SECONDS = 20.0  # a training stage needs one step and a checkpoint to stop cleanly
 _RUNNING: set[subprocess.Popen[bytes]] = set()  # stage process groups to stop on a signal
 _STOPPED = threading.Event()  # a stop signal arrived: no retries
@@ -188,7 +189,7 @@ def reproduce(stage: str, root: str, parent_run_id: str, force: bool = False) ->
     logger = get_run_logger()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     logger.info("stage %s started", stage)
-    started = time.perf_counter()
+    started, since = time.perf_counter(), time.time()
     # its own process group, so that a signal can stop dvc and the stage under it together
     with subprocess.Popen(command, cwd=root, env=_stage_env(Path(root), parent_run_id), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, start_new_session=True) as process:
@@ -203,7 +204,31 @@ def reproduce(stage: str, root: str, parent_run_id: str, force: bool = False) ->
         raise StageFailed(f"stage {stage!r} failed (dvc exit {process.returncode}):\n" + "\n".join(tail))
     skipped = any(SKIPPED in line for line in tail)
     logger.info("stage %s %s in %.1fs", stage, "skipped (unchanged)" if skipped else "ran", seconds)
-    return {"stage": stage, "skipped": skipped, "seconds": seconds}
+    return {"stage": stage, "skipped": skipped, "seconds": seconds, **stage_time(Path(root), stage, since, skipped)}
+
+
+def stage_time(root: Path, stage: str, since: float, skipped: bool) -> dict[str, float | None]:
+    """The stage's own time as its process recorded it (selftok.stages.base.record_stage_time):
+    ``stage_seconds`` (0 when DVC skipped it: no stage process ran), ``startup_seconds`` (its
+    interpreter and imports) and ``train_seconds`` (its training loop, when it has one)."""
+    path = root / STAGE_TIMES / f"{stage}.json"
+    record = json.loads(path.read_text()) if path.is_file() and not skipped else {}
+    if record.get("entered", 0.0) < since:  # an earlier run's record
+        record = {}
+    return {"stage_seconds": float(record.get("seconds", 0.0)), "startup_seconds": record.get("startup_seconds"),
+            "train_seconds": record.get("train_seconds")}
+
+
+def timings(results: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """metrics/pipeline.json: each stage's wall time as the flow saw it and its own time, the run's
+    wall time, and the orchestration overhead (wall minus the stages' own time: Prefect, DVC's
+    checks and start-up, each stage process's start-up and imports, the flow's own work)."""
+    own = sum(r.get("stage_seconds", 0.0) for r in results)
+    startup = sum(r.get("startup_seconds") or 0.0 for r in results)
+    stages = {r["stage"]: {"skipped": r["skipped"], "wall_seconds": r["seconds"], "stage_seconds": r.get("stage_seconds", 0.0),
+                           "startup_seconds": r.get("startup_seconds"), "train_seconds": r.get("train_seconds")} for r in results}
+    return {"stages": stages, "wall_seconds": wall, "stages_seconds": own, "stage_startup_seconds": startup,
+            "orchestration_overhead_seconds": wall - own, "orchestration_overhead_fraction": (wall - own) / wall if wall > 0 else 0.0}
 
 
 def run_stages(project: Path, selected: list[str], parent_run_id: str, params: Params, forced: set[str]) -> list[dict[str, Any]]:
@@ -223,7 +248,7 @@ def run_stages(project: Path, selected: list[str], parent_run_id: str, params: P
 def headline_metrics(root: Path) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for path in sorted((root / "metrics").glob("*.json")):
-        if path.stem != "bench":
+        if path.stem not in ("bench", TIMINGS_FILE.stem):
             metrics |= flatten(json.loads(path.read_text()), f"{path.stem}.")
     return metrics
 
@@ -245,6 +270,7 @@ def pipeline(
     ``force`` reruns every selected stage; ``force_stages`` only those (e.g. ``ingest`` when
     a folder source may hold new files that DVC cannot see).
     """
+    started = time.perf_counter()
     project = Path(root).resolve()
     params = load_params(project / "params.yaml")
     order = stage_order(project)
@@ -272,6 +298,7 @@ def pipeline(
             mlflow.log_text(summary_markdown(results, metrics), "summary.md")
         create_markdown_artifact(summary_markdown(results, metrics), key="selftok-pipeline-summary",
                                  description="Stages run or skipped, and the headline metrics")
+        write_atomic(project / TIMINGS_FILE, json.dumps(timings(results, time.perf_counter() - started), indent=2) + "\n")
         return results
     finally:
         (project / PIPELINE_STATUS).unlink(missing_ok=True)

@@ -4,7 +4,9 @@ New data means a new generator seed for the built-in scenes (written to
 ``data.scenes.seed`` in params.yaml: the one line this flow edits, logged in its run), or, for
 a folder or shard source, a forced re-ingest (DVC cannot see inside those sources; if their
 content did not change, the re-ingested shards hash the same and every later stage skips).
-The evaluate stage then compares the new models with the champions and moves the aliases.
+The evaluate stage then compares the new models with the champions and moves the aliases; new
+data changes the benchmark (its judge is retrained), so the champion is re-scored on the new one
+first (``champion_rescored`` in the decision) and the usual rule decides.
 
 Each round's decision (promoted or kept, the scores, the gain it needed, the champion version
 before and after) is logged as an MLflow run of its own and shown in the flow's summary artifact;

@@ -147,7 +147,7 @@ def test_rl_seeds_study_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_pa
 
     rl_model = tracking.file_hash(project / "models" / "vlm_rl")
     # no validation, so the last weights are kept: the statistics of the steps run are defined (validation keeps step 0 on ties)
-    options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true", "--set", "rl.val_fraction=0"]
+    options = ["--set", "rl.ptx_coef=0.5", "--set", "rl.penalize_extra_objects=true", "--set", "geneval.select_fraction=0"]
     subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", "--sample-seeds", "2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
@@ -169,7 +169,7 @@ def test_rl_seeds_study_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_pa
     assert result["pretrained"]["data_ceiling"] == evaluate["data_ceiling"]  # and the same real renders through the tokenizer
     assert set(result["rl_train_prompts"]) == set(result["rl"])  # RL's own prompts, scored the same way
     assert math.isclose(result["gain_train_prompts"]["overall_strict"],
-                        result["rl_train_prompts"]["overall_strict"] - result["pretrained"]["train"]["overall_strict"])
+                        result["rl_train_prompts"]["overall_strict"] - result["pretrained"]["rl_train"]["overall_strict"])
     assert evaluated["extra_objects"] >= 0 and evaluated["frechet_to_real"] > 0
     assert result["pretrained"]["frechet_to_real"] == evaluated["frechet_to_real"]  # the same real renders as evaluate's
     assert not (project / "ablation_runs").exists() and tracking.file_hash(project / "models" / "vlm_rl") == rl_model  # untouched
@@ -201,20 +201,20 @@ def test_sampling_study_scores_recipes_on_the_evaluate_benchmark(smoke, tmp_path
 
     cfg = load_params(project / "params.yaml").vlm.sampling.cfg_scale
     against = tmp_path / "other.json"  # another model's sweep: one row in common with the run below
-    against.write_text(json.dumps([{"recipe": f"cfg_scale={cfg}", "seed": 0, "prompts": "heldout", "overall": 0.0}]))
+    against.write_text(json.dumps([{"recipe": f"cfg_scale={cfg}", "seed": 0, "prompts": "compositional", "overall": 0.0}]))
     unrelated = tmp_path / "unrelated.json"
-    unrelated.write_text(json.dumps([{"recipe": "cfg_scale=9", "seed": 0, "prompts": "heldout", "overall": 0.0}]))
+    unrelated.write_text(json.dumps([{"recipe": "cfg_scale=9", "seed": 0, "prompts": "compositional", "overall": 0.0}]))
     apart = subprocess.run([*command, "--recipe", f"cfg_scale={cfg}", "--against", str(unrelated)], capture_output=True, text=True)
     assert apart.returncode != 0 and "unrelated.json: no recipe, seed and prompt set in common" in apart.stderr and not out.exists()
     done = subprocess.run([*command, "--seeds", "1", "--recipe", f"cfg_scale={cfg}", "--recipe", "cfg_scale=1,min_p=0",
                            "--against", str(against)], check=True, capture_output=True, text=True)
     rows = json.loads(out.read_text())
-    assert [(r["recipe"], r["prompts"]) for r in rows] == [(f"cfg_scale={cfg}", "train"), (f"cfg_scale={cfg}", "heldout"),
-                                                            ("cfg_scale=1,min_p=0", "train"), ("cfg_scale=1,min_p=0", "heldout")]
+    assert [(r["recipe"], r["prompts"]) for r in rows] == [(recipe, prompts) for recipe in (f"cfg_scale={cfg}", "cfg_scale=1,min_p=0")
+                                                            for prompts in ("rl_train", "rl_test", "compositional")]
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
-    assert rows[1]["overall"] == evaluated["overall"] and rows[1]["overall_se"] == evaluated["overall_se"]  # same images
+    assert rows[2]["overall"] == evaluated["overall"] and rows[2]["overall_se"] == evaluated["overall_se"]  # same images
     assert all(0 <= r["overall_strict"] <= r["overall"] <= 1 for r in rows)
-    assert f"| cfg_scale={cfg} | {rows[0]['overall']:.3f} | {rows[1]['overall']:.3f} |" in done.stdout
+    assert f"| cfg_scale={cfg} | {rows[0]['overall']:.3f} | {rows[1]['overall']:.3f} | {rows[2]['overall']:.3f} |" in done.stdout
     paired = json.loads((tmp_path / "sweep.paired.json").read_text())
-    assert [(g["recipe"], g["prompts"], g["seeds"]) for g in paired] == [(f"cfg_scale={cfg}", "heldout", [0])]
-    assert paired[0]["gain_points"] == pytest.approx(100 * rows[1]["overall"])
+    assert [(g["recipe"], g["prompts"], g["seeds"]) for g in paired] == [(f"cfg_scale={cfg}", "compositional", [0])]
+    assert paired[0]["gain_points"] == pytest.approx(100 * rows[2]["overall"])

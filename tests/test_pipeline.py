@@ -76,6 +76,19 @@ def test_changed_param_reruns_only_downstream(project: Path) -> None:
     assert "Stage 'ingest' didn't change, skipping" in out and "Running stage 'validate'" in out
 
 
+def assert_timings(project: Path, ran: bool) -> None:
+    """metrics/pipeline.json: every stage with its wall and own time; overhead = wall - the stages' own time."""
+    timings = json.loads((project / "metrics" / "pipeline.json").read_text())
+    stages = timings["stages"]
+    assert list(stages) == ["ingest", "validate"] and all(s["skipped"] is not ran for s in stages.values())
+    for stage in stages.values():
+        assert (0 < stage["stage_seconds"] < stage["wall_seconds"] and stage["startup_seconds"] > 0) if ran else stage["stage_seconds"] == 0
+    own = sum(s["stage_seconds"] for s in stages.values())
+    assert timings["stages_seconds"] == pytest.approx(own) and timings["wall_seconds"] > sum(s["wall_seconds"] for s in stages.values())
+    assert timings["orchestration_overhead_seconds"] == pytest.approx(timings["wall_seconds"] - own)
+    assert timings["orchestration_overhead_fraction"] == pytest.approx(timings["orchestration_overhead_seconds"] / timings["wall_seconds"])
+
+
 def test_flow_runs_stages_then_skips_and_names_a_failing_stage(project: Path, prefect_server) -> None:
     from flows.pipeline import StageFailed, pipeline
 
@@ -86,9 +99,11 @@ def test_flow_runs_stages_then_skips_and_names_a_failing_stage(project: Path, pr
     assert parent.data.tags["prefect.flow_run_id"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["dvc.stage"] for r in children) == ["ingest", "validate"]
+    assert_timings(project, ran=True)
 
     second = pipeline(root=str(project), stages=["ingest", "validate"])
     assert [r["skipped"] for r in second] == [True, True]
+    assert_timings(project, ran=False)  # skipped: no stage process ran, the whole wall time is orchestration
     assert not (project / PIPELINE_STATUS).exists()  # `selftok status` falls back to DVC status once the flow is done
 
     # Break validate: the flow fails naming it, and ingest's outputs are left intact.

@@ -73,3 +73,74 @@ def test_aliases_follow_decisions(tmp_path: Path) -> None:
     tags = mlflow.tracking.MlflowClient().get_model_version(name, v3).tags
     assert tags["promotion.promote"] == "True" and tags["promotion.champion_score"] == "0.6"
     assert tags["promotion.required_gain"] == "0.01"
+
+
+def _register(root: Path, name: str, model: str, companions: bool = True) -> Path:
+    """A model folder of its own bytes, registered as a new version of ``model`` (with a tokenizer companion)."""
+    folder = root / name
+    folder.mkdir()
+    (folder / "config.json").write_text(f'{{"model_type": "selftok-tokenizer", "weights": "{name}"}}')
+    tokenizer = root / "tokenizer"
+    tokenizer.mkdir(exist_ok=True)
+    (tokenizer / "config.json").write_text('{"model_type": "selftok-tokenizer"}')
+    with mlflow.start_run():
+        tracking.log_model_dir(folder, model, {"tokenizer": tokenizer} if companions else None)
+    return folder
+
+
+def _generation(overall: float) -> dict[str, dict[str, float]]:
+    return {"rl": {"overall": overall, "overall_se": 0.01, "overall_strict": 0.3},
+            "pretrained": {"overall": 0.2, "overall_se": 0.01, "overall_strict": 0.3}}
+
+
+def test_a_champion_of_another_benchmark_is_rescored_then_the_rule_decides(tmp_path: Path) -> None:
+    """New data changes the benchmark: the champion is re-scored on the new one (recorded on its
+    version), the usual rule decides, and a later round on the same benchmark reads the record."""
+    tracking.configure(tmp_path, "promotion")
+    name, calls = "selftok-test-rescore", []
+
+    def rescore(version: str) -> dict[str, float]:
+        calls.append(version)
+        return {"overall": 0.3, "overall_se": 0.02}
+
+    assert promotion.promote(name, _register(tmp_path, "a", name), _generation(0.4), "bench-1", 0.02, 2.0, rescore).promote
+    assert calls == []  # no champion yet: nothing to re-score
+    better = promotion.promote(name, _register(tmp_path, "b", name), _generation(0.6), "bench-2", 0.02, 2.0, rescore)
+    assert calls == ["1"] and better.promote and better.champion_rescored
+    assert better.champion_score == 0.3 and better.required_gain == pytest.approx(max(0.02, 2 * promotion.gain_se(0.01, 0.02)))
+    tags = mlflow.tracking.MlflowClient().get_model_version(name, "1").tags
+    assert (tags["benchmark.hash"], tags["benchmark.overall"], tags["benchmark.overall_se"]) == ("bench-2", "0.3", "0.02")
+    assert tags["benchmark.rescored"] == "true"
+    assert mlflow.tracking.MlflowClient().get_model_version(name, "2").tags["promotion.champion_rescored"] == "True"
+
+    same = promotion.promote(name, _register(tmp_path, "c", name), _generation(0.61), "bench-2", 0.02, 2.0, rescore)
+    assert calls == ["1"] and not same.champion_rescored  # the champion (v2) was scored on bench-2
+    assert not same.promote and same.champion_score == 0.6 and tracking.alias_version(name, tracking.CHAMPION) == "2"
+
+
+def test_a_champion_that_cannot_be_loaded_is_kept_with_the_reason(tmp_path: Path) -> None:
+    tracking.configure(tmp_path, "promotion")
+    name = "selftok-test-unloadable"
+
+    def missing(version: str) -> dict[str, float]:
+        raise LookupError(f"models:/{name}/{version}: logged without its tokenizer")
+
+    promotion.promote(name, _register(tmp_path, "a", name), _generation(0.4), "bench-1", 0.02, 2.0, missing)
+    kept = promotion.promote(name, _register(tmp_path, "b", name), _generation(0.9), "bench-2", 0.02, 2.0, missing)
+    assert not kept.promote and not kept.champion_rescored and kept.champion_score is None
+    assert "another benchmark and it could not be re-scored: models:/selftok-test-unloadable/1" in kept.reason
+    assert tracking.alias_version(name, tracking.CHAMPION) == "1"
+    assert "benchmark.rescored" not in mlflow.tracking.MlflowClient().get_model_version(name, "1").tags
+
+
+def test_version_folders_are_the_logged_weights_and_companions(tmp_path: Path) -> None:
+    tracking.configure(tmp_path, "promotion")
+    name = "selftok-test-folders"
+    _register(tmp_path, "a", name)
+    folders = promotion.version_folders(name, "1", tmp_path / "download")
+    assert set(folders) == {"weights", "tokenizer"} and '"weights": "a"' in (folders["weights"] / "config.json").read_text()
+    _register(tmp_path, "b", name, companions=False)
+    with pytest.raises(LookupError, match="logged without its tokenizer"):
+        promotion.version_folders(name, "2", tmp_path / "download2")
+    with pytest.raises(LookupError, match="cannot be read from the store"):
+        promotion.version_folders(name, "9", tmp_path / "download3")

@@ -61,17 +61,39 @@ def logged_decisions(project: Path) -> list:
     return sorted(runs, key=lambda run: run.info.start_time)
 
 
-@pytest.mark.integration
-def test_retraining_rounds_wreck_new_data_and_nothing_new(smoke_run, prefect_server, tmp_path: Path) -> None:
-    """Three rounds on a clone of the smoke run, each deciding by the promotion rule and logging why.
+def version_tags(version: str) -> dict[str, str]:
+    return mlflow.tracking.MlflowClient().get_model_version(VLM, version).tags
 
-    Wrecked: the VLM pretrained at a learning rate that destroys it, no new data: the VLM, RL and
-    evaluate rerun on the same benchmark and the challenger does not beat the champion, so
-    `champion` stays. (The smoke RL cannot be the thing wrecked: every sample of a group gets the
-    same reward, so GRPO's advantages are zero and RL leaves the weights as they are.) New data: every stage reruns
-    and new weights are registered. Nothing new: every stage skips and nothing is re-decided.
-    Which way the new-data round goes depends on the smoke model's scores, which change with any
-    change to a model; the test checks the decision against the rule on its own logged numbers.
+
+def folder_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a model folder in the project (every safetensors file under it)."""
+    return {f"{file.relative_to(folder)}/{key}": value for file in sorted(folder.rglob("*.safetensors"))
+            for key, value in load_file(str(file)).items()}
+
+
+def new_data_wrecked_recipe(params_file: Path) -> None:
+    """The VLM recipe wrecked on purpose (the highest learning rate the schema allows, a thousand
+    times the smoke recipe's), and every stage smaller than the smoke run: new data reruns all of
+    them, so this round costs what its stages cost. (The smoke RL cannot be the thing wrecked:
+    every sample of a group gets the same reward, GRPO's advantages are zero and RL leaves the
+    weights as they are.)"""
+    raw = yaml.safe_load(params_file.read_text())
+    raw["vlm"].update(lr=1.0, steps=10, warmup_steps=2, eval_every=10, checkpoint_every=5)
+    raw["rl"]["steps"] = 2
+    raw["evaluator"]["epochs"] = 1
+    raw["evaluate"].update(val_images=8, decode_steps=2)
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.mark.integration
+def test_retraining_rounds_new_data_rescores_the_champion_then_nothing_new(smoke_run, prefect_server, tmp_path: Path) -> None:
+    """Two rounds on a clone of the smoke run, the decision by the promotion rule and logged.
+
+    New data with a wrecked VLM recipe: every stage reruns, the tokenizer (its recipe untouched)
+    learns other weights from the new data, the benchmark changes with the retrained judge, so the
+    champion is loaded from the registry and re-scored on the new benchmark (recorded on its
+    version): the rule decides on the two scores, which is how a round on new data can promote,
+    and the wrecked challenger is kept out. Nothing new: every stage skips and nothing is re-decided.
     """
     from prefect.artifacts import Artifact
 
@@ -81,46 +103,37 @@ def test_retraining_rounds_wreck_new_data_and_nothing_new(smoke_run, prefect_ser
     mlflow.set_tracking_uri(tracking.tracking_uri(project))
     champion = tracking.alias_version(VLM, tracking.CHAMPION)
     assert champion is not None
-    champion_weights = weights(champion, tmp_path)
-
-    # 1. wrecked on purpose, on the same data
-    params_file = project / "params.yaml"
-    original = params_file.read_text()
-    raw = yaml.safe_load(original)
-    raw["vlm"]["lr"] = 1.0  # the highest the schema allows: a thousand times the smoke recipe's
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    wrecked = retrain(root=str(project), data_seed=0)
-    ran = {r["stage"] for r in wrecked["stages"] if not r["skipped"]}
-    assert {"pretrain_vlm@selftok", "rl_finetune@selftok", "evaluate"} <= ran and not {"ingest", "train_tokenizer"} & ran
-    decision = wrecked["promotion"]
-    assert decision["decided"] and not decision["promoted"], decision
-    assert decision["champion_before"] == decision["champion_after"] == champion != decision["challenger"]
-    assert obeys_the_rule(decision, load_params(params_file))
-    assert differ(weights(decision["challenger"], tmp_path), champion_weights)
-
-    # 2. new data (the recipe restored): the data hash changes and every stage reruns
-    params_file.write_text(original)
+    champion_weights, old_benchmark = weights(champion, tmp_path), version_tags(champion)["benchmark.hash"]
+    tokenizer_before = folder_tensors(project / "models" / "tokenizer")
     lock_before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["ingest"]["outs"]
+
+    # 1. new data (seed 0 -> 1) and a wrecked VLM, in one round: every stage reruns
+    params_file = project / "params.yaml"
+    new_data_wrecked_recipe(params_file)
     fresh = retrain(root=str(project))
     assert load_params(params_file).data.scenes.seed == 1
     assert not any(r["skipped"] for r in fresh["stages"])
     assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["ingest"]["outs"] != lock_before
+    assert differ(folder_tensors(project / "models" / "tokenizer"), tokenizer_before)  # the new data, not the recipe
     decision = fresh["promotion"]
-    assert decision["decided"] and decision["challenger"] not in (champion, wrecked["promotion"]["challenger"])
-    new_weights = weights(decision["challenger"], tmp_path)
-    assert differ(new_weights, champion_weights)
-    assert decision["champion_after"] == (decision["challenger"] if decision["promoted"] else champion)
-    assert obeys_the_rule(decision, load_params(params_file)) or "another benchmark" in decision["reason"]
+    assert decision["decided"] and decision["champion_rescored"] is True, decision
+    assert decision["champion_before"] == decision["champion_after"] == champion != decision["challenger"]
+    assert not decision["promoted"] and obeys_the_rule(decision, load_params(params_file)), decision
+    assert "another benchmark" not in decision["reason"]
+    rescored, challenger = version_tags(champion), version_tags(decision["challenger"])
+    assert rescored["benchmark.hash"] == challenger["benchmark.hash"] != old_benchmark and rescored["benchmark.rescored"] == "true"
+    assert math.isclose(float(rescored["benchmark.overall"]), decision["champion_score"])
+    assert differ(weights(decision["challenger"], tmp_path), champion_weights)
 
-    # 3. nothing new: every stage skips, the aliases stay, the round says so
+    # 2. nothing new: every stage skips, the aliases stay, the round says so
     same = retrain(root=str(project), data_seed=1)
     assert all(r["skipped"] for r in same["stages"])
-    assert not same["promotion"]["decided"] and same["promotion"]["champion_after"] == decision["champion_after"]
+    assert not same["promotion"]["decided"] and same["promotion"]["champion_after"] == champion
 
     runs = logged_decisions(project)
-    assert [run.data.tags["promotion.decided"] for run in runs] == ["True", "True", "False"]
-    numbers = runs[0].data.metrics
-    assert math.isclose(numbers["promotion.challenger_score"], wrecked["promotion"]["challenger_score"])
-    assert runs[1].data.params["data.scenes.seed.after"] == "1"
+    assert [run.data.tags["promotion.decided"] for run in runs] == ["True", "False"]
+    assert runs[0].data.tags["promotion.champion_rescored"] == "True"
+    assert math.isclose(runs[0].data.metrics["promotion.champion_score"], decision["champion_score"])
+    assert runs[0].data.params["data.scenes.seed.after"] == "1"
     summary = Artifact.get("selftok-retrain-decision")
     assert summary is not None and "evaluate skipped: nothing changed" in str(summary.data)

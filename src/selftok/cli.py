@@ -184,6 +184,44 @@ def bench_tokenize(
     console.print(f"merged into {merge_bench(root, results)}")
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    root: Root = Path("."),
+    params: Annotated[str, typer.Option(help="Params file, relative to the root.")] = PARAMS_FILE,
+    profile: Profile = None,
+    steps: Annotated[int, typer.Option(min=1, help="Timed optimizer steps per stage.")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps before them (the first is slow).")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads (absent: torch's default).")] = None,
+    stages: Annotated[list[str] | None, typer.Option("--stages", help="Only these training stages (repeatable or comma-separated).")] = None,
+    imports: Annotated[bool, typer.Option(help="Also time each stage process's start-up (a fresh interpreter's imports).")] = True,
+) -> None:
+    """Each training stage's steps/s, GFLOP/s and share of the measured matmul peak, its data vs
+    compute time and its start-up -> metrics/bench.json ("pipeline", merged); the table on stdout.
+
+    Models and batches are built the way each stage builds them, at the params' shapes, from fresh
+    weights and random images (speed depends on neither); nothing upstream has to exist.
+    """
+    from selftok.commands.common import merge_bench
+    from selftok.studies.throughput import STAGES, table
+    from selftok.studies.throughput import bench_pipeline as run_bench
+
+    setup_logging()
+    chosen = [s for item in stages or [",".join(STAGES)] for s in item.split(",") if s]
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        fail(f"not a training stage: {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    loaded = _params_of(root, root / params, profile)
+
+    def done(stage: str, result: dict) -> None:
+        what = result.get("not_measured") or f"{result['steps_per_s']:.3g} steps/s, {result['peak_share']:.1%} of the matmul peak"
+        console.print(f"{stage}: {what}", soft_wrap=True, highlight=False)
+
+    result = run_bench(loaded, chosen, steps, warmup, threads, imports, on_stage=done)
+    path = merge_bench(root, {"pipeline": result})
+    typer.echo(table(result), nl=False)
+    console.print(f"merged into {path}")
+
+
 @app.command("check-codes")
 def check_codes(
     shard: Annotated[Path, typer.Argument(help="A code shard, e.g. data/codes/val/shard-000000.tar.")],

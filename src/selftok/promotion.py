@@ -8,6 +8,12 @@ never when it scores below its own pretrained model by more than the margin on t
 hack, not an improvement. The decision and both scores are recorded as tags on the model
 version, so the registry itself says why each version holds its alias.
 
+New data changes the benchmark (its judge is retrained on it), so the champion's recorded score
+no longer compares. The champion is then re-scored on the current benchmark by the caller's
+``rescore`` (the evaluate stage loads the registered version with the tokenizer and renderer it
+was logged with, and draws with the challenger's sampling seeds), its new score is recorded on
+its version, and the usual rule decides; a champion whose artifacts cannot be loaded is kept.
+
 Why the error: one draw of the benchmark moves a score by about 2 points (its `overall_se`), so a
 gain of a few points between two single draws is as often noise as progress
 (docs/experiments.md, "How to compare").
@@ -17,16 +23,22 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from selftok.hashing import file_hash
 from selftok.tracking import CHALLENGER, CHAMPION, alias_version
 
 log = logging.getLogger(__name__)
+# A registered version's number -> its benchmark summary (``overall``, ``overall_se``) on the
+# current benchmark; raises LookupError (or OSError) when the version cannot be loaded.
+Rescore = Callable[[str], dict[str, Any]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +49,7 @@ class Decision:
     champion_score: float | None
     margin: float
     required_gain: float | None = None  # what the gain had to reach: max(margin, sigmas x its standard error)
+    champion_rescored: bool = False  # the champion's score was measured in this round, on the current benchmark
 
 
 def gain_se(challenger_se: float, champion_se: float | None) -> float:
@@ -104,25 +117,91 @@ def _benchmark_score(model_name: str, version: str, benchmark: str) -> tuple[flo
     return float(tags["benchmark.overall"]), float(tags["benchmark.overall_se"]) if "benchmark.overall_se" in tags else None
 
 
-def promote(model_name: str, folder: Path, generation: dict[str, Any], benchmark: str, margin: float, sigmas: float) -> Decision:
+def record_score(model_name: str, version: str, benchmark: str, summary: dict[str, Any], rescored: bool = False) -> None:
+    """Tag a version with its score on ``benchmark``, so a later round on the same benchmark reads it
+    instead of scoring again; ``benchmark.rescored`` marks a score measured after the version's own round."""
+    tags = {"benchmark.hash": benchmark, "benchmark.overall": summary["overall"], "benchmark.overall_se": summary["overall_se"]}
+    if rescored:
+        tags["benchmark.rescored"] = "true"
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+
+
+def version_folders(model_name: str, version: str, dst: Path) -> dict[str, Path]:
+    """The folders a registered version was logged with (``weights``, and for a VLM its ``tokenizer``
+    and ``renderer``: tracking.log_model_dir), downloaded under ``dst`` from the store; LookupError
+    when the store no longer holds them or the version was logged without a tokenizer."""
+    uri = f"models:/{model_name}/{version}"
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        artifacts = mlflow.models.Model.load(root / "MLmodel").flavors["python_function"].get("artifacts") or {}
+    except (MlflowException, OSError, KeyError) as error:
+        raise LookupError(f"{uri}: its logged model cannot be read from the store ({error})") from error
+    folders = {name: root / spec["path"] for name, spec in artifacts.items()}
+    missing = [name for name in ("weights", "tokenizer") if not (name in folders and (folders[name] / "config.json").is_file())]
+    if missing:
+        raise LookupError(f"{uri}: logged without its {' and '.join(missing)} (config.json missing)")
+    return folders
+
+
+class ChampionScore(NamedTuple):
+    """What the rule compares with: the champion's score on the current benchmark, or why there is none."""
+
+    score: float | None
+    se: float | None
+    rescored: bool  # measured in this round by ``rescore``
+    why_not: str | None = None  # why there is no score on the current benchmark
+
+
+def champion_score(model_name: str, champion: str, benchmark: str, rescore: Rescore | None) -> ChampionScore:
+    """The champion's score on ``benchmark``: its recorded score when it was scored on this benchmark,
+    else ``rescore``'s, recorded on its version; no score (and why) when neither is possible."""
+    score, se = _benchmark_score(model_name, champion, benchmark)
+    if score is not None:
+        return ChampionScore(score, se, rescored=False)
+    if rescore is None:
+        return ChampionScore(None, None, False, "no way to re-score it here")
+    try:
+        summary = rescore(champion)
+    except (LookupError, OSError) as error:
+        log.warning("champion v%s cannot be re-scored on benchmark %s: %s", champion, benchmark, error)
+        return ChampionScore(None, None, False, f"it could not be re-scored: {error}")
+    record_score(model_name, champion, benchmark, summary, rescored=True)
+    log.info("champion v%s re-scored on benchmark %s: %.4f +- %.4f", champion, benchmark, summary["overall"], summary["overall_se"])
+    return ChampionScore(float(summary["overall"]), float(summary["overall_se"]), rescored=True)
+
+
+def _kept(champion: str, why: str, challenger_score: float, margin: float) -> Decision:
+    """Today's rule when the champion has no score on the current benchmark: scores on different benchmarks do not compare."""
+    return Decision(promote=False, reason=f"champion v{champion} was scored on another benchmark and {why}; kept (move the "
+                    "alias by hand if the new one should replace it)", challenger_score=challenger_score, champion_score=None,
+                    margin=margin)
+
+
+def promote(model_name: str, folder: Path, generation: dict[str, Any], benchmark: str, margin: float, sigmas: float,
+            rescore: Rescore | None = None) -> Decision:
     """Score the RL model in ``folder`` (its ``generation`` summary: ``rl`` and ``pretrained``) as the
     challenger against the champion on the benchmark ``benchmark`` (a hash), record the scores as
-    version tags and move the aliases. A champion scored on another benchmark is kept: the scores
-    do not compare (move the alias by hand if the new one should replace it)."""
+    version tags and move the aliases. A champion scored on another benchmark is re-scored on this
+    one by ``rescore`` (same prompts, recipe and seeds as the challenger); one that cannot be is kept.
+
+    The gain's standard error stays ``gain_se`` (two independent draws) even when the champion is
+    re-scored with the challenger's seeds: the benchmark summary gives no per-prompt scores to pair,
+    and two models' samples from one seed are not the same draw, so this errs on keeping the champion.
+    """
     challenger = find_version(model_name, folder)
     champion = alias_version(model_name, CHAMPION)
     rival = champion is not None and champion != challenger
-    score, se = _benchmark_score(model_name, champion, benchmark) if rival else (None, None)
+    held = champion_score(model_name, str(champion), benchmark, rescore) if rival else ChampionScore(None, None, False)
     rl = generation["rl"]
-    decision = refuse_hack(rl, generation["pretrained"], score, margin)
-    if decision is None and rival and score is None:
-        decision = Decision(promote=False, reason=f"champion v{champion} was scored on another benchmark; kept (move the alias "
-                            "by hand if the new one should replace it)", challenger_score=rl["overall"], champion_score=None, margin=margin)
+    decision = refuse_hack(rl, generation["pretrained"], held.score, margin)
+    if decision is None and held.why_not is not None:
+        decision = _kept(str(champion), held.why_not, rl["overall"], margin)
     if decision is None:
-        decision = decide(rl["overall"], score, margin, gain_se(rl["overall_se"], se), sigmas)
-    client = MlflowClient()
-    for key, value in {"benchmark.hash": benchmark, "benchmark.overall": rl["overall"], "benchmark.overall_se": rl["overall_se"]}.items():
-        client.set_model_version_tag(model_name, challenger, key, str(value))
+        decision = decide(rl["overall"], held.score, margin, gain_se(rl["overall_se"], held.se), sigmas)
+    decision = replace(decision, champion_rescored=held.rescored)
+    record_score(model_name, challenger, benchmark, rl)
     previous = apply(model_name, challenger, decision)
     log.info("promotion: %s (challenger v%s, champion before v%s)", decision.reason, challenger, previous)
     return decision

@@ -1,6 +1,4 @@
-import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,19 +8,20 @@ from selftok.config import parse_params
 from selftok.data.scenes import CATEGORIES, SceneConfig, SceneGenerator, make_prompt
 from selftok.eval.evaluator import ParsedObject
 from selftok.eval.geneval import (
+    PROMPT_SETS,
+    TEST_PROMPTS,
     build_prompt_sets,
+    captioned,
+    held_out_pairs,
     judge,
     prompt_sets,
-    read_prompts,
     relative_position,
     render_prompts,
     reward,
     sanity_metrics,
     scene_config,
-    split_groups,
     summarize,
     table,
-    write_prompt_sets,
 )
 from selftok.eval.params import GenevalParams
 
@@ -36,46 +35,37 @@ def test_prompt_sets_are_deterministic_disjoint_and_hold_out_pairs(scene_config:
     sets = build_prompt_sets(scene_config, 0, params)
     assert sets == build_prompt_sets(scene_config, 0, params)
     assert sets != build_prompt_sets(scene_config, 1, params)
-    train = {r["prompt"] for r in sets["train"]}
-    heldout = {r["prompt"] for r in sets["heldout"]}
-    assert not train & heldout
+    assert tuple(sets) == PROMPT_SETS
+    strings = {name: {r["prompt"] for r in records} for name, records in sets.items()}
+    for i, a in enumerate(PROMPT_SETS):
+        for b in PROMPT_SETS[i + 1 :]:
+            assert not strings[a] & strings[b], (a, b)
     for name, records in sets.items():
         assert {r["tag"] for r in records} == set(CATEGORIES), name
         assert all(set(r) == {"tag", "prompt", "include", "exclude"} for r in records)
-    assert max(sum(r["tag"] == t for r in sets["heldout"]) for t in CATEGORIES) <= params.max_heldout_per_category
+    assert max(sum(r["tag"] == t for r in sets["compositional"]) for t in CATEGORIES) <= params.max_heldout_per_category
     pairs = {tuple(p.split(" ")) for p in HOLDOUT}
-    named = [(i.get("color"), i["class"]) for r in sets["train"] for i in r["include"]]
+    named = [(i.get("color"), i["class"]) for r in captioned(sets) for i in r["include"]]
     assert not pairs & set(named)
-    assert pairs & {(i.get("color"), i["class"]) for r in sets["heldout"] for i in r["include"]}
-    # both wordings of one request stay on one side
+    assert held_out_pairs(sets["compositional"], HOLDOUT)
+    assert all(pairs & {(i.get("color"), i["class"]) for i in r["include"]} for r in held_out_pairs(sets["compositional"], HOLDOUT))
+    # both wordings of one request stay in one set
+    a = make_prompt("position", ["circle", "square"], relation="left of")["prompt"]
     mirror = make_prompt("position", ["square", "circle"], relation="right of")["prompt"]
-    assert (make_prompt("position", ["circle", "square"], relation="left of")["prompt"] in train) == (mirror in train)
+    assert [a in strings[n] for n in PROMPT_SETS] == [mirror in strings[n] for n in PROMPT_SETS]
 
 
-def test_split_groups_sets_whole_requests_aside_in_every_category(scene_config: SceneConfig) -> None:
-    train = build_prompt_sets(scene_config, 0, GenevalParams())["train"]
-    kept, aside = split_groups(scene_config, train, 0.25, seed=0)
-    assert (kept, aside) == split_groups(scene_config, train, 0.25, seed=0)
-    assert sorted(map(json.dumps, kept + aside)) == sorted(map(json.dumps, train))
-    for tag in CATEGORIES:  # every category trains on some requests and validates on others
-        assert any(r["tag"] == tag for r in kept) and any(r["tag"] == tag for r in aside), tag
-    assert 0.15 < len(aside) / len(train) < 0.35
-    aside_prompts = {r["prompt"] for r in aside}
-    for record in train:  # the other wording of a set-aside request is set aside too
-        if record["tag"] == "two_objects":
-            a, b = (item["class"] for item in record["include"])
-            assert (record["prompt"] in aside_prompts) == (make_prompt("two_objects", [b, a])["prompt"] in aside_prompts)
-    assert split_groups(scene_config, train, 0.0, seed=0) == (train, [])
-    with pytest.raises(ValueError, match="'a photo of a hexagon' is not a prompt of this scene world"):
-        split_groups(scene_config, [{"tag": "single_object", "prompt": "a photo of a hexagon"}], 0.25, seed=0)
-
-
-def test_prompt_sets_are_written_as_jsonl(tmp_path: Path, scene_config: SceneConfig) -> None:
-    paths = write_prompt_sets(tmp_path / "prompts", scene_config, 0, GenevalParams(max_heldout_per_category=3))
-    heldout = read_prompts(paths["heldout"])
-    assert all(1 <= sum(r["tag"] == t for r in heldout) <= 3 for t in CATEGORIES)
-    assert json.loads(paths["heldout"].read_text().splitlines()[0]) == heldout[0]
-    assert read_prompts(paths["train"]) == build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=3))["train"]
+def test_rl_test_takes_up_to_sixteen_prompts_and_leaves_rl_groups_to_train_and_select(scene_config: SceneConfig) -> None:
+    sets = build_prompt_sets(scene_config, 0, GenevalParams())
+    for tag in CATEGORIES:
+        n = {name: sum(r["tag"] == tag for r in sets[name]) for name in PROMPT_SETS}
+        assert n["rl_train"] >= 1 and n["rl_select"] >= 1, (tag, n)
+        assert 1 <= n["rl_test"] <= TEST_PROMPTS + 1, (tag, n)  # a group holds one or two wordings
+    assert sum(r["tag"] == "color_attr" for r in sets["rl_test"]) >= TEST_PROMPTS
+    without = build_prompt_sets(scene_config, 0, GenevalParams(select_fraction=0.0))
+    assert without["rl_select"] == [] and without["rl_test"] == sets["rl_test"]
+    assert len(without["rl_train"]) == len(sets["rl_train"]) + len(sets["rl_select"])
+    assert without["compositional"] == sets["compositional"]  # the captions of the training images do not move
 
 
 def test_relative_position_follows_geneval() -> None:
@@ -120,7 +110,7 @@ def test_clutter_passes_the_rules_but_the_shaped_reward_counts_it() -> None:
 
 
 def test_reward_is_one_exactly_when_correct(scene_config: SceneConfig) -> None:
-    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=6))["heldout"]
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=6))["compositional"]
     rows, _, truths = render_prompts(heldout, SceneGenerator(scene_config, 0), 1)
     rng = random.Random(0)
     for _ in range(300):
@@ -131,7 +121,7 @@ def test_reward_is_one_exactly_when_correct(scene_config: SceneConfig) -> None:
 
 
 def test_real_renders_of_heldout_prompts_pass_on_exact_objects(scene_config: SceneConfig) -> None:
-    heldout = build_prompt_sets(scene_config, 0, GenevalParams())["heldout"]
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams())["compositional"]
     rows, images, truths = render_prompts(heldout, SceneGenerator(scene_config, 0), 2)
     assert images.dtype == torch.uint8 and images.shape == (len(rows), 3, 32, 32)
     failures = [(r["prompt"], judge(r, t).reasons) for r, t in zip(rows, truths, strict=True) if not judge(r, t).correct]
@@ -139,7 +129,7 @@ def test_real_renders_of_heldout_prompts_pass_on_exact_objects(scene_config: Sce
 
 
 def test_sanity_metrics_with_a_perfect_parser(scene_config: SceneConfig) -> None:
-    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=10))["heldout"]
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=10))["compositional"]
     generator = SceneGenerator(scene_config, 0)
     oracle = OracleEvaluator()
     _, images, truths = render_prompts(heldout, generator, 2)
@@ -153,7 +143,7 @@ def test_sanity_metrics_with_a_perfect_parser(scene_config: SceneConfig) -> None
 
 
 def test_reward_is_a_batch_tensor(scene_config: SceneConfig) -> None:
-    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=2))["heldout"]
+    heldout = build_prompt_sets(scene_config, 0, GenevalParams(max_heldout_per_category=2))["compositional"]
     rows, images, truths = render_prompts(heldout, SceneGenerator(scene_config, 0), 1)
     oracle = OracleEvaluator()
     oracle.learn(images, truths)
@@ -179,7 +169,7 @@ def test_prompt_sets_of_a_params_file() -> None:
     sets = prompt_sets(params.data, params.seed, params.geneval)
     assert sets == build_prompt_sets(scene_config(params.data), 3, params.geneval)
     assert scene_config(params.data).holdout == tuple(params.data.scenes.holdout)
-    assert max(sum(r["tag"] == t for r in sets["heldout"]) for t in CATEGORIES) == 5
+    assert max(sum(r["tag"] == t for r in sets["compositional"]) for t in CATEGORIES) == 5
 
 
 def test_sampling_standard_error_by_hand() -> None:

@@ -23,9 +23,9 @@ from selftok.vlm.vocab import VLMTokenizer
 
 K, C, TARGET = 6, 8, 3
 PROMPTS = [{"tag": t, "prompt": f"a photo of a {s}"} for t, s in [("single_object", "circle"), ("colors", "red star")]]
-# The default recipe's guard, pretraining mix and validation, off: each test turns on what it checks.
-OFF = {"min_distinct": 0.0, "min_spread_ratio": 0.0, "min_pixel_spread_ratio": 0.0, "max_frechet_ratio": 0.0, "ptx_coef": 0.0,
-       "val_fraction": 0.0}
+# The default recipe's guard and pretraining mix, off: each test turns on what it checks (validation runs where a test gives
+# the run a validate function).
+OFF = {"min_distinct": 0.0, "min_spread_ratio": 0.0, "min_pixel_spread_ratio": 0.0, "max_frechet_ratio": 0.0, "ptx_coef": 0.0}
 
 
 def rl_params(**overrides: object) -> RLParams:
@@ -199,7 +199,7 @@ def avoid_target(run: RLRun) -> Callable[[], dict[str, float]]:
 def test_best_val_selection_keeps_the_weights_that_carried_over_best(tmp_path: Path) -> None:
     run = tiny_run()
     run.validate = avoid_target(run)
-    params = rl_params(steps=24, prompts_per_step=2, group_size=8, lr=3e-3, beta=0.0, checkpoint_every=4, val_fraction=0.2,
+    params = rl_params(steps=24, prompts_per_step=2, group_size=8, lr=3e-3, beta=0.0, checkpoint_every=4,
                        val_every=8)
     result = train_grpo(run, params, tmp_path / "ckpt")
     steps = [h["step"] for h in result.validation]
@@ -212,7 +212,7 @@ def test_best_val_selection_keeps_the_weights_that_carried_over_best(tmp_path: P
     assert avoid_target(run)()["strict"] == pytest.approx(max(strict))  # the policy it ends with scores as validated
 
     last = tiny_run()  # without validation the run keeps its last weights
-    plain = train_grpo(last, params.model_copy(update={"val_fraction": 0.0}), tmp_path / "last")
+    plain = train_grpo(last, params, tmp_path / "last")
     assert plain.selected is None and plain.steps == 24 and plain.validation == []
 
 
@@ -221,7 +221,7 @@ class Killed(Exception):
 
 
 def test_a_killed_run_resumes_to_the_same_validation_and_selection(tmp_path: Path) -> None:
-    params = rl_params(steps=8, prompts_per_step=2, group_size=4, lr=3e-3, beta=0.0, checkpoint_every=4, val_fraction=0.2,
+    params = rl_params(steps=8, prompts_per_step=2, group_size=4, lr=3e-3, beta=0.0, checkpoint_every=4,
                        val_every=2)
 
     def kill_at_7(step: int, logs: dict) -> None:
@@ -251,7 +251,7 @@ def test_a_guard_roll_back_discards_later_scores_and_validates_the_weights_it_ke
     run = tiny_run()
     run.validate = avoid_target(run)
     params = rl_params(steps=80, prompts_per_step=2, group_size=8, lr=2e-2, beta=0.0, checkpoint_every=4, min_distinct=0.9,
-                       guard_window=3, val_fraction=0.2, val_every=6)
+                       guard_window=3, val_every=6)
     result = train_grpo(run, params, tmp_path / "ckpt")
     assert result.collapsed_at is not None
     kept = result.collapsed_at - 3 - (result.collapsed_at - 3) % 4  # the guard's checkpoint

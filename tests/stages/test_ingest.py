@@ -13,7 +13,7 @@ from selftok.stages.base import read_spec, run_stage
 
 def test_spec_is_read_from_dvc_yaml(project: Path) -> None:
     spec = read_spec(project, "ingest")
-    assert spec.params == ["seed", "data", "geneval"]
+    assert spec.params == ["seed", "data", "geneval.heldout_fraction", "geneval.max_heldout_per_category"]
     assert "src/selftok/stages/ingest.py" in spec.deps and spec.outs == ["data/shards"]
     with pytest.raises(KeyError, match="stage 'nope' is not in"):
         read_spec(project, "nope")
@@ -31,7 +31,7 @@ def test_ingest_is_byte_identical_and_manifest_matches(project: Path, tmp_path: 
     assert all(json.loads(m)["prompt"]["prompt"] == c for m, c in zip(manifest["metadata"], manifest["caption"], strict=True))
     assert json.loads((project / "metrics" / "ingest.json").read_text()) == metrics
     params = load_params(project / "params.yaml")
-    heldout = {r["prompt"] for r in prompt_sets(params.data, params.seed, params.geneval)["heldout"]}
+    heldout = {r["prompt"] for r in prompt_sets(params.data, params.seed, params.geneval)["compositional"]}
     train_captions = set(manifest.loc[manifest["split"] == "train", "caption"])
     assert heldout and not heldout & train_captions
 

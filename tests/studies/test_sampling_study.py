@@ -17,10 +17,10 @@ def row(seed: int, prompts: str, overall: float, recipe: str = "cfg_scale=3") ->
 
 
 def test_gains_are_paired_on_the_seeds_both_sweeps_scored() -> None:
-    new = [row(0, "heldout", 0.20), row(1, "heldout", 0.10), row(2, "heldout", 0.90), row(0, "train", 0.30)]
-    old = [row(0, "heldout", 0.15), row(1, "heldout", 0.08), row(0, "train", 0.30), row(0, "heldout", 0.5, recipe="cfg_scale=7")]
+    new = [row(0, "compositional", 0.20), row(1, "compositional", 0.10), row(2, "compositional", 0.90), row(0, "rl_train", 0.30)]
+    old = [row(0, "compositional", 0.15), row(1, "compositional", 0.08), row(0, "rl_train", 0.30), row(0, "compositional", 0.5, recipe="cfg_scale=7")]
     held, train = paired_gains(new, old)
-    assert (held["prompts"], held["seeds"]) == ("heldout", [0, 1])  # seed 2 has no partner and is left out
+    assert (held["prompts"], held["seeds"]) == ("compositional", [0, 1])  # seed 2 has no partner and is left out
     assert held["gain_points"] == pytest.approx(3.5)  # diffs +5 and +2
     assert held["gain_se_points"] == pytest.approx(1.5)  # sd 2.12 / sqrt(2)
     assert (held["overall"], held["against"]) == (pytest.approx(0.15), pytest.approx(0.115))
@@ -31,7 +31,7 @@ def test_gains_are_paired_on_the_seeds_both_sweeps_scored() -> None:
 def test_nothing_in_common_and_a_wrong_file_are_named(tmp_path: Path) -> None:
     against = tmp_path / "small.json"
     with pytest.raises(ConfigError, match="no recipe, seed and prompt set in common"):
-        report_gains(paired_gains([row(0, "heldout", 0.2)], [row(0, "heldout", 0.2, recipe="cfg_scale=7")]), tmp_path / "x.json", against)
+        report_gains(paired_gains([row(0, "compositional", 0.2)], [row(0, "compositional", 0.2, recipe="cfg_scale=7")]), tmp_path / "x.json", against)
     against.write_text(json.dumps({"overall": 0.2}))
     with pytest.raises(ConfigError, match=r"small\.json: not a sweep's JSON"):
         read_sweep(against)
@@ -40,12 +40,14 @@ def test_nothing_in_common_and_a_wrong_file_are_named(tmp_path: Path) -> None:
 
 
 def test_the_report_writes_what_it_shows(tmp_path: Path) -> None:
-    gains = paired_gains([row(0, "heldout", 0.2), row(1, "heldout", 0.3)], [row(0, "heldout", 0.1), row(1, "heldout", 0.1)])
+    gains = paired_gains([row(0, "compositional", 0.2), row(1, "compositional", 0.3)], [row(0, "compositional", 0.1), row(1, "compositional", 0.1)])
     table = report_gains(gains, tmp_path / "big.paired.json", tmp_path / "small.json")
     assert json.loads((tmp_path / "big.paired.json").read_text()) == gains
-    assert "| cfg_scale=3 | heldout | 2 | 0.250 | 0.100 | +15.0 ± 5.0 | +30.0 | - | - | - | - | - |" in table
-    means = means_table([row(0, "heldout", 0.2), row(1, "heldout", 0.4), row(0, "train", 0.1)], ["cfg_scale=3"])
-    assert means.splitlines() == ["| recipe | train | heldout |", "|---|---|---|", "| cfg_scale=3 | 0.100 | 0.300 |"]
+    assert "| cfg_scale=3 | compositional | 2 | 0.250 | 0.100 | +15.0 ± 5.0 | +30.0 | - | - | - | - | - |" in table
+    means = means_table([row(0, "compositional", 0.2), row(1, "compositional", 0.4), row(0, "rl_train", 0.1), row(0, "rl_test", 0.5)],
+                        ["cfg_scale=3"])
+    assert means.splitlines() == ["| recipe | rl_train | rl_test | compositional |", "|---|---|---|---|",
+                                  "| cfg_scale=3 | 0.100 | 0.500 | 0.300 |"]
 
 
 def test_a_bad_recipe_or_an_unrelated_sweep_fails_before_any_work(tmp_path: Path) -> None:
@@ -53,7 +55,7 @@ def test_a_bad_recipe_or_an_unrelated_sweep_fails_before_any_work(tmp_path: Path
     with pytest.raises(ConfigError, match="guidance"):
         plan(Sweep(tmp_path, ["cfg_scale=3", "guidance=7"], tmp_path / "out.json"))
     unrelated = tmp_path / "unrelated.json"
-    unrelated.write_text(json.dumps([row(0, "heldout", 0.0, recipe="cfg_scale=9")]))
+    unrelated.write_text(json.dumps([row(0, "compositional", 0.0, recipe="cfg_scale=9")]))
     with pytest.raises(ConfigError, match=r"unrelated\.json: no recipe, seed and prompt set in common"):
         plan(Sweep(tmp_path, ["cfg_scale=3"], tmp_path / "out.json", against=unrelated))
     recipes, baseline = plan(Sweep(tmp_path, ["cfg_scale=3,min_p=0.1"], tmp_path / "out.json", seeds=2))

@@ -48,6 +48,7 @@ def test_train_vae_fits_a_pretrained_vae_and_the_tokenizer_reads_its_latents(pro
     metrics = run_stage("train_vae", project)
     assert metrics["vae"]["latent_shape"] == [6, 4, 4] and metrics["train"]["steps"] == 0  # its shape, not vae.*'s
     assert not list((project / "checkpoints").rglob("step_*"))  # nothing trained
+    assert (project / "plots" / "train_vae_loss.csv").is_file()  # yet every out dvc.yaml declares is written
     saved, original = AutoencoderKL.from_pretrained(project / "models" / "vae"), AutoencoderKL.from_pretrained(folder)
     assert saved.config.scaling_factor == metrics["vae"]["latent_scale"] != original.config.scaling_factor
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), original.state_dict().values(), strict=True))

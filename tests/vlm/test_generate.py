@@ -58,3 +58,14 @@ def test_min_p_one_keeps_only_the_most_likely_token(lm: torch.nn.Module, tokeniz
     with torch.no_grad():
         first = lm(input_ids=ids, attention_mask=mask).logits[:, -1, tokenizer.visual_offset :].argmax(-1)
     assert torch.equal(greedy[0][:, 0], first)
+
+
+def test_a_forced_prefix_is_kept_and_continued_as_the_model_would(lm: torch.nn.Module, tokenizer: VLMTokenizer, data: Data) -> None:
+    prompts = [t2i_prompt(tokenizer, c) for c in tokenizer.encode_text(data.captions[:3])]  # three lengths: left padding
+    greedy = sample_codes(lm, tokenizer, prompts, 3.0, 1.0, 0, torch.Generator().manual_seed(0), min_p=1.0)
+    for k in (1, K // 2, K - 1):
+        completed = sample_codes(lm, tokenizer, prompts, 3.0, 1.0, 0, torch.Generator().manual_seed(9), min_p=1.0, prefix=greedy[:, :k])
+        assert torch.equal(completed, greedy), k  # the argmax continuation of its own prefix, in both CFG branches
+    other = torch.randint(0, tokenizer.num_codes, (3, K // 2), generator=torch.Generator().manual_seed(1))
+    forced = sample_codes(lm, tokenizer, prompts, 3.0, 1.0, 0, torch.Generator().manual_seed(2), prefix=other)
+    assert forced.shape == (3, K) and torch.equal(forced[:, : K // 2], other)

@@ -16,7 +16,8 @@ from selftok.commands.common import console, fail, read_params, setup_logging
 from selftok.errors import SelftokError
 from selftok.paths import ARMS
 
-study_app = typer.Typer(help="Studies beside the pipeline: an RL recipe over seeds, sampling recipes, a tokenizer's scores.",
+study_app = typer.Typer(help="Studies beside the pipeline: an RL recipe over seeds, sampling recipes, a tokenizer's scores, "
+                        "a generator's diagnosis.",
                         no_args_is_help=True)
 
 Root = Annotated[Path, typer.Option("--root", help="Project the pipeline has built (params.yaml, models/).")]
@@ -118,3 +119,32 @@ def tokenizer(
         fail(str(error))
     console.print(f"scored {val_images} val scenes of {root / 'models'}", highlight=False)
     typer.echo(json.dumps(row, indent=1))
+
+
+@study_app.command("generator")
+def generator(
+    out: Annotated[Path, typer.Option("--out", help="JSON file of the diagnosis.")],
+    root: Root = Path("."),
+    arm: Annotated[str, typer.Option("--arm", help="Tokenizer arm whose VLM is diagnosed.")] = "selftok",
+    scenes: Annotated[int, typer.Option("--scenes", help="Val scenes (and as many train scenes) measured.")] = 256,
+    seeds: Annotated[int, typer.Option("--seeds", help="Sampling seeds of the completions and of the benchmark.")] = 2,
+    threads: Threads = 0,
+) -> None:
+    """Where a pretrained VLM loses what its tokens can carry.
+
+    Its loss by token position beside the codes' entropy there, completions of real code prefixes
+    scored against the real renders (shape agreement against k), how close its samples sit to the
+    training codes, and (Selftok) the benchmark through the renderer and the diffusion decoder.
+    """
+    from selftok.studies.generator import Diagnosis, run, summary_lines
+
+    if arm not in ARMS:
+        fail(f"--arm {arm!r}: known arms are {', '.join(ARMS)}")
+    params = read_params(root)
+    _prepare(threads)
+    try:
+        report = run(Diagnosis(root.resolve(), out, arm, scenes, seeds), params, typer.echo)
+    except (SelftokError, FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    for line in summary_lines(report):
+        console.print(line, highlight=False)

@@ -22,12 +22,10 @@ mean, and the RL reward can take a sub-check against them (``Judgement.shaped_re
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +38,9 @@ from selftok.eval.params import GenevalParams
 
 POSITION_THRESHOLD = 0.1  # GenEval: offsets shrink by this share of the summed object sizes
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-PROMPT_FILES = {"train": "train.jsonl", "heldout": "heldout.jsonl"}
+PROMPT_SETS = ("rl_train", "rl_select", "rl_test", "compositional")
+CAPTIONED = ("rl_train", "rl_select", "rl_test")  # may caption training images; compositional never does
+TEST_PROMPTS = 16  # rl_test prompts per category, where the world leaves RL as many groups as the test
 
 Record = dict[str, Any]
 
@@ -74,12 +74,28 @@ def _uses_holdout(group: list[Record], holdout: set[tuple[str, str]]) -> bool:
     return any((item.get("color"), item["class"]) in holdout for record in group for item in record["include"])
 
 
+def _allot(groups: list[list[Record]], select_fraction: float) -> tuple[list[list[Record]], list[list[Record]], list[list[Record]]]:
+    """One category's captionable groups as (rl_test, rl_select, rl_train): rl_test takes groups
+    until it holds TEST_PROMPTS prompts or half the groups (at least one), rl_select
+    ``select_fraction`` of the rest (at least one where two are left), rl_train the others."""
+    n_test, prompts = 0, 0
+    while n_test < max(1, len(groups) // 2) and prompts < TEST_PROMPTS:
+        prompts += len(groups[n_test])
+        n_test += 1
+    rest = groups[n_test:]
+    n_select = min(max(1, round(select_fraction * len(rest))), len(rest) - 1) if select_fraction > 0 and len(rest) >= 2 else 0
+    return groups[:n_test], rest[:n_select], rest[n_select:]
+
+
 def build_prompt_sets(config: SceneConfig, seed: int, params: GenevalParams) -> dict[str, list[Record]]:
-    """Training and held-out prompt sets, deterministic in ``seed``. Their prompt strings are
-    disjoint, and every prompt naming a held-out colour-shape pair (never drawn in the train
-    split) is held out, so the benchmark also measures compositional generalisation."""
+    """The four prompt sets (PROMPT_SETS), deterministic in ``seed`` and disjoint as strings and as
+    request groups. ``compositional`` holds every prompt naming a held-out colour-shape pair (never
+    drawn in the train split) and ``heldout_fraction`` of the other groups: no training image is
+    captioned with them. The rest may caption training images, and is cut into ``rl_test`` (the
+    paper's protocol: requests the VLM saw as captions, never used by RL), ``rl_select``
+    (checkpoint choice) and ``rl_train`` (RL updates)."""
     holdout = {tuple(pair.split(" ", 1)) for pair in config.holdout}
-    sets: dict[str, list[Record]] = {"train": [], "heldout": []}
+    sets: dict[str, list[Record]] = {name: [] for name in PROMPT_SETS}
     for tag, groups in prompt_groups(config).items():
         rng = random.Random(f"{seed}/prompts/{tag}")
         groups = list(groups)
@@ -89,36 +105,25 @@ def build_prompt_sets(config: SceneConfig, seed: int, params: GenevalParams) -> 
         k = round(params.heldout_fraction * len(free))
         if len(free) >= 2:
             k = min(max(k, 0 if forced else 1), len(free) - 1)
-        heldout = [r for g in forced + free[:k] for r in g]
-        rng.shuffle(heldout)
-        train = [r for g in free[k:] for r in g]
-        sets["heldout"] += heldout[: params.max_heldout_per_category]
-        sets["train"] += train[: params.max_train_per_category]
+        compositional = [r for g in forced + free[:k] for r in g]
+        rng.shuffle(compositional)
+        sets["compositional"] += compositional[: params.max_heldout_per_category]
+        test, select, train = _allot(free[k:], params.select_fraction)
+        sets["rl_test"] += [r for g in test for r in g]
+        sets["rl_select"] += [r for g in select for r in g]
+        sets["rl_train"] += [r for g in train for r in g][: params.max_train_per_category]
     return sets
 
 
-def split_groups(config: SceneConfig, records: Sequence[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """``records`` split into (kept, set aside) by whole prompt groups, ``fraction`` of each
-    category's groups set aside (at least one where a category has two or more), as the
-    benchmark's split cuts them: a set-aside prompt's other wordings are set aside with it, so
-    scores on them measure carry-over to new requests, not to new word orders."""
-    if fraction <= 0:
-        return list(records), []
-    group_of = {r["prompt"]: (tag, i) for tag, groups in prompt_groups(config).items() for i, g in enumerate(groups) for r in g}
-    by_tag: dict[str, list[tuple[str, int]]] = {}
-    for record in records:
-        key = group_of.get(record["prompt"])
-        if key is None:
-            raise ValueError(f"prompt {record['prompt']!r} is not a prompt of this scene world")
-        if key not in by_tag.setdefault(record["tag"], []):
-            by_tag[record["tag"]].append(key)
-    aside: set[tuple[str, int]] = set()
-    for tag, keys in by_tag.items():
-        if len(keys) >= 2:
-            k = min(max(1, round(fraction * len(keys))), len(keys) - 1)
-            aside |= set(random.Random(f"{seed}/split/{tag}").sample(keys, k))
-    kept = [r for r in records if group_of[r["prompt"]] not in aside]
-    return kept, [r for r in records if group_of[r["prompt"]] in aside]
+def captioned(sets: dict[str, list[Record]]) -> list[Record]:
+    """The prompts that may caption training images: every set but ``compositional``."""
+    return [r for name in CAPTIONED for r in sets[name]]
+
+
+def held_out_pairs(records: Sequence[Record], holdout: Iterable[str]) -> list[Record]:
+    """The records naming a held-out colour-shape pair: ``compositional``'s hardest part, scored apart."""
+    pairs = {tuple(pair.split(" ", 1)) for pair in holdout}
+    return [r for r in records if _uses_holdout([r], pairs)]
 
 
 def scene_config(data: DataParams) -> SceneConfig:
@@ -135,9 +140,9 @@ def scene_config(data: DataParams) -> SceneConfig:
 
 
 def prompt_sets(data: DataParams, seed: int, params: GenevalParams) -> dict[str, list[Record]]:
-    """The training and held-out prompt sets of a params file (its ``data``, ``seed`` and
-    ``geneval``): one definition shared by ingest (held-out prompts never caption a training
-    image), VLM scoring, RL and evaluation."""
+    """The prompt sets of a params file (its ``data``, ``seed`` and ``geneval``): one definition
+    shared by ingest (compositional prompts never caption a training image), VLM scoring, RL and
+    evaluation."""
     return build_prompt_sets(scene_config(data), seed, params)
 
 
@@ -153,28 +158,10 @@ def per_category(records: Sequence[Record], limit: int) -> list[Record]:
 
 
 def heldout_records(data: DataParams, seed: int, params: GenevalParams, limit: int) -> list[Record]:
-    """The benchmark's prompts: held-out prompts, at most ``limit`` per category."""
-    return per_category(prompt_sets(data, seed, params)["heldout"], limit)
+    """The benchmark's prompts: compositional prompts, at most ``limit`` per category."""
+    return per_category(prompt_sets(data, seed, params)["compositional"], limit)
 
 
-def write_prompt_sets(folder: Path, config: SceneConfig, seed: int, params: GenevalParams) -> dict[str, Path]:
-    """Write ``train.jsonl`` and ``heldout.jsonl`` (one GenEval record per line) into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, records in build_prompt_sets(config, seed, params).items():
-        path = folder / PROMPT_FILES[name]
-        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        written[name] = path
-    return written
-
-
-def read_prompts(path: Path) -> list[Record]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: prompt set not found")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-# --- rules ----------------------------------------------------------------------------------
 def relative_position(a: ParsedObject, b: ParsedObject) -> set[str]:
     """GenEval's relations of ``a`` to ``b``: centre offset shrunk by a margin of the sizes,
     then every axis carrying over half of the (unshrunk) direction counts."""

@@ -81,11 +81,12 @@ class EvaluatorParams(PrecisionParams):
 
 
 class GenevalParams(StrictModel):
-    """How the training and held-out prompt sets are cut from the space of all prompts."""
+    """How the prompt sets (selftok.eval.geneval.PROMPT_SETS) are cut from the space of all prompts."""
 
-    heldout_fraction: Fraction = Field(0.4, description="share of each category's prompt groups held out (strictly 0-1)")
-    max_heldout_per_category: Positive = Field(40, description="held-out prompts per category, at most")
-    max_train_per_category: Positive | None = Field(None, description="RL (train) prompts per category, at most (absent: all)")
+    heldout_fraction: Fraction = Field(0.4, description="share of each category's prompt groups in the never-captioned compositional set (strictly 0-1)")
+    max_heldout_per_category: Positive = Field(40, description="compositional prompts per category, at most")
+    select_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="share of the groups left after rl_test that choose RL's checkpoint (rl_select; 0: keep the last weights)")
+    max_train_per_category: Positive | None = Field(None, description="rl_train prompts per category, at most (absent: all)")
 
     @model_validator(mode="after")
     def _check(self) -> GenevalParams:

@@ -43,9 +43,8 @@ class RLParams(PrecisionParams):
     realism_prompts: Positive = Field(8, description="RL prompts per category whose real renders the Frechet distance uses")
     # carry-over validation (selftok.rl.selection): this share of each category's RL prompt groups is never
     # trained on; every val_every steps the policy draws val_images per set-aside prompt, scored strict
-    val_fraction: float = Field(0.25, ge=0.0, lt=1.0, description="validation: share of prompt groups set aside (0: off, keep the last weights)")
-    val_prompts: Positive = Field(8, description="validation: set-aside prompts per category, at most")
-    val_images: Positive = Field(16, description="validation: images per set-aside prompt")
+    val_prompts: Positive = Field(8, description="validation: rl_select prompts per category, at most")
+    val_images: Positive = Field(16, description="validation: images per rl_select prompt")
     val_every: Positive = Field(20, description="validation: steps between scores")
     select_margin: float = Field(2.0, ge=0.0, description="a later step beats the best only by > this many standard errors")
     checkpoint_every: Positive = Field(10, description="steps between checkpoints (also where the guard can roll back to)")

@@ -2,10 +2,10 @@
 
 RL learns the prompts it trains on and can unlearn others: on shape-carrying tokens it drew its
 own single-object shapes for held-out ones (docs/experiments.md, "RL recipes"). The reward on
-training prompts cannot show that. So the stage sets a share of RL's own prompt groups aside
-(``geneval.split_groups``), scores the policy on them every ``rl.val_every`` steps, and keeps
-the weights that scored best, the pretrained ones (step 0) included. The benchmark's held-out
-prompts stay unseen: they judge the choice, not make it.
+training prompts cannot show that. So the stage scores the policy on ``rl_select``, prompt groups
+RL never trains on (selftok.eval.geneval), every ``rl.val_every`` steps, and keeps the weights that
+scored best, the pretrained ones (step 0) included. The benchmark's sets (``rl_test``,
+``compositional``) stay unseen: they judge the choice, not make it.
 
 A score is one draw of images, and the best of fifteen noisy draws is usually a lucky one
 (docs/experiments.md, "Selection of the RL weights"). So with a ``margin`` a later step beats

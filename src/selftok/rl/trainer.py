@@ -110,7 +110,7 @@ class RLRun:
     seed: int
     ptx: Callable[[int], torch.Tensor] | None = None  # step -> the policy's pretraining loss (rl.ptx_coef > 0)
     real_features: torch.Tensor | None = None  # evaluator features of real renders of RL prompts (the realism check)
-    validate: Validate | None = None  # scores of the policy on prompts set aside from training (rl.val_fraction)
+    validate: Validate | None = None  # scores of the policy on prompts it never trains on (rl_select)
 
 
 def pretraining_loss(task: VLMTask, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:

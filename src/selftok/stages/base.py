@@ -42,6 +42,10 @@ log = logging.getLogger("selftok.stage")
 PIPELINE_LOCK = Path(".dvc", "tmp", "selftok-pipeline.lock")  # relative to the project root; held by a flow or a direct stage
 CHECKPOINTS_DIR = "checkpoints/"  # persisted outs under here are resume state (see guard_checkpoints)
 INPUTS_RECORD = "inputs.json"
+# Each stage's own time, one JSON file a stage (relative to the project root; git ignores it and DVC
+# never tracks it): the flow reads it to tell the stages' time from its own (metrics/pipeline.json).
+STAGE_TIMES = Path(".dvc", "tmp", "selftok-stage-times")
+LOOP_SECONDS = ("train.seconds", "train_seconds", "rl_seconds")  # how stages report their training loop's seconds
 # Nested params keys that steer only logging and evaluation: changing them reruns a stage, which
 # then resumes its finished checkpoint and re-evaluates instead of training again.
 NON_TRAINING_KEYS = frozenset({"eval", "sampling", "log_every", "eval_every", "checkpoint_every"})
@@ -273,6 +277,7 @@ class StageContext:
     run_id: str = ""
     tracked: bool = True  # False on the non-main ranks of a multi-process launch
     started: float = field(default_factory=time.perf_counter)
+    loop_seconds: float | None = None  # a training loop's own time, as the stage logs it (LOOP_SECONDS)
 
     def path(self, relative: str | Path) -> Path:
         return self.root / relative
@@ -295,6 +300,7 @@ class StageContext:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         flat = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.loop_seconds = next((flat[k] for k in LOOP_SECONDS if k in flat), self.loop_seconds)
         if flat and self.tracked:
             mlflow.log_metrics(flat, step=step)
 
@@ -327,6 +333,7 @@ def stage_function(name: str) -> StageFn:
 
 def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE) -> Metrics:
     """Run one stage under the contract and return its metrics (also written to metrics/NAME.json)."""
+    entered = time.time()
     root = root.resolve()
     params = load_params(root / params_file)  # fails before any work if params are invalid
     spec = read_spec(root, name)
@@ -347,10 +354,35 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     lock = pipeline_lock(root)
     try:
         guard_checkpoints(root, spec, fingerprint)
-        return _tracked_run(ctx, fn, used, hashes)
+        metrics = _tracked_run(ctx, fn, used, hashes)
+        record_stage_time(root, name, entered, ctx.loop_seconds)
+        return metrics
     finally:
         if lock is not None:
             lock.release()
+
+
+def process_started() -> float | None:
+    """When this process started (epoch seconds), or None where psutil cannot tell."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # a missing or failing psutil only loses the start-up time
+        return None
+
+
+def record_stage_time(root: Path, name: str, entered: float, loop_seconds: float | None) -> None:
+    """Write the stage's own time to STAGE_TIMES/NAME.json (in a DVC project only): ``seconds`` from
+    entering ``run_stage`` to its end, ``startup_seconds`` before it (interpreter and imports),
+    ``train_seconds`` its training loop's (None: the stage logs none); the rest is loading,
+    evaluation and saving."""
+    if not (root / ".dvc").is_dir():
+        return
+    finished, started = time.time(), process_started()
+    record = {"stage": name, "entered": entered, "finished": finished, "seconds": finished - entered,
+              "startup_seconds": entered - started if started is not None else None, "train_seconds": loop_seconds}
+    write_atomic(root / STAGE_TIMES / f"{name}.json", json.dumps(record, indent=1) + "\n")
 
 
 def _tracked_run(ctx: StageContext, fn: StageFn, used: dict[str, Any], hashes: dict[str, str]) -> Metrics:

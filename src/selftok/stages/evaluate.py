@@ -8,14 +8,19 @@ every tokenizer arm (selftok.stages.arms): Selftok's are the top-level keys, the
 control's mirror them under `control.spatial`, with the RL gain per category beside each. The
 Selftok RL model is then compared with the `champion` of `selftok-vlm` on the same benchmark
 (selftok.promotion); `challenger` always moves, `champion` only when the new model is better by
-`evaluate.promotion_margin` and by `evaluate.promotion_sigmas` standard errors of the gain.
+`evaluate.promotion_margin` and by `evaluate.promotion_sigmas` standard errors of the gain. A
+champion scored on another benchmark (new data retrains the judge) is loaded from the registry,
+with the tokenizer and renderer it was logged with, and re-scored here on this benchmark with the
+challenger's sampling seeds, so that new data can move `champion` at all.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +39,7 @@ from selftok.rl.trainer import visual_logits
 from selftok.stages.arms import ARMS, SELFTOK, Arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.tokenizer.model import SelftokTokenizer
+from selftok.tokenizer.registry import load_tokenizer
 from selftok.viz import image_grid
 from selftok.vlm.benchmark import (
     Benchmark,
@@ -133,6 +139,22 @@ def _column(arm: str, model: str) -> str:
     return model if arm == SELFTOK.name else f"{arm}_{model}"
 
 
+def champion_rescorer(model_name: str, evaluator: SceneEvaluator, bench: Benchmark) -> promotion.Rescore:
+    """Scores a registered version on this benchmark the way its own round scored it: its weights with
+    the tokenizer and renderer it was logged with (its codes mean nothing to today's tokenizer), the
+    same prompts, recipe and sampling seeds as the challenger, today's judge."""
+
+    def rescore(version: str) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="selftok-champion-") as tmp:
+            folders = promotion.version_folders(model_name, version, Path(tmp))
+            vlm = SelftokVLM.from_pretrained(folders["weights"])
+            tokenizer = load_tokenizer(folders["tokenizer"], renderer=folders.get("renderer"))
+            summary, _ = benchmark_generation(vlm, bench.records, render_fn(tokenizer), evaluator, bench.sampling)
+        return summary
+
+    return rescore
+
+
 def run(ctx: StageContext) -> Metrics:
     params = ctx.params.evaluate
     (ctx.path(paths.REPORTS) / IMAGES).mkdir(parents=True, exist_ok=True)
@@ -148,14 +170,14 @@ def run(ctx: StageContext) -> Metrics:
     write_tables(ctx, arms)
     decision = promotion.promote(SELFTOK.registered_vlm, ctx.path(SELFTOK.vlm_rl), selftok.metrics["generation"],
                                  benchmark_hash(records, sampling, ctx.path(paths.EVALUATOR)), params.promotion_margin,
-                                 params.promotion_sigmas)
+                                 params.promotion_sigmas, champion_rescorer(SELFTOK.registered_vlm, evaluator, bench))
     metrics: Metrics = {
         **selftok.metrics,
         "evaluator": judge,
         "control": {name: s.metrics for name, s in arms.items() if name != SELFTOK.name},
         "promotion": {"promoted": decision.promote, "reason": decision.reason, "challenger_score": decision.challenger_score,
                       "champion_score": decision.champion_score, "margin": decision.margin,
-                      "required_gain": decision.required_gain},
+                      "required_gain": decision.required_gain, "champion_rescored": decision.champion_rescored},
     }
     index = build_report(ctx.path(paths.REPORTS), metrics, ctx.params.tracking.experiment)
     ctx.log_artifact(index.parent, "report")

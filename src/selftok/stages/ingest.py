@@ -141,7 +141,7 @@ def _ingest(ctx: StageContext, heldout: frozenset[str]) -> Rows:
 def run(ctx: StageContext) -> Metrics:
     data = ctx.params.data
     started = time.perf_counter()
-    rows = _ingest(ctx, frozenset(r["prompt"] for r in prompt_sets(data, ctx.params.seed, ctx.params.geneval)["heldout"]))
+    rows = _ingest(ctx, frozenset(r["prompt"] for r in prompt_sets(data, ctx.params.seed, ctx.params.geneval)["compositional"]))
 
     manifest = pd.DataFrame(rows).sort_values("key", kind="stable").reset_index(drop=True)
     manifest.to_parquet(ctx.path(SHARD_MANIFEST), index=False)

@@ -1,15 +1,15 @@
-"""Stage `rl_finetune@ARM`: the arm's pretrained VLM -> its RL model by GRPO on the RL (train) prompt set.
+"""Stage `rl_finetune@ARM`: the arm's pretrained VLM -> its RL model by GRPO on the rl_train prompt set.
 
 Selftok arm: models/vlm -> models/vlm_rl; the spatial control arm: models/vlm_spatial ->
 models/vlm_rl_spatial, with the same rewards, prompts and recipe (selftok.stages.arms).
 
-Rewards come from the scene evaluator's reward API on rendered images; the benchmark's
-held-out prompts are never used here. With ``rl.ptx_coef > 0`` each update also takes the
+Rewards come from the scene evaluator's reward API on rendered images; the benchmark's prompt
+sets (rl_test, compositional) are never used here. With ``rl.ptx_coef > 0`` each update also takes the
 pretraining loss on the arm's training codes (InstructGPT's PPO-ptx). The diversity guard
 (selftok.rl.guard) stops a run whose samples collapse or leave the data (their distance to real
-renders of RL prompts) and keeps the checkpoint from before. With ``rl.val_fraction > 0`` a share
-of RL's own prompt groups is never trained on, scores the policy as it trains, and the weights
-that scored best there are kept (selftok.rl.selection). The result is registered as a new
+renders of RL prompts) and keeps the checkpoint from before. The rl_select prompts (none when
+``geneval.select_fraction`` is 0) score the policy as it trains, and the weights that scored best
+there are kept (selftok.rl.selection). The result is registered as a new
 version of the arm's VLM model (`selftok-vlm` for Selftok); the `evaluate` stage scores it
 against the pretrained model on the held-out prompts with the same sampling recipe.
 """
@@ -26,7 +26,7 @@ from selftok import paths, tracking
 from selftok.data.codes import load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.geneval import Record, per_category, prompt_sets, real_renders, scene_config, split_groups
+from selftok.eval.geneval import Record, per_category, prompt_sets, real_renders
 from selftok.rl.selection import best_entry
 from selftok.rl.trainer import RLResult, RLRun, evaluator_reward, pretraining_loss, train_grpo
 from selftok.stages.arms import Arm, serving_models, stage_arm
@@ -52,11 +52,10 @@ def run(ctx: StageContext) -> Metrics:
     vlm = SelftokVLM.from_pretrained(ctx.path(arm.vlm))
     seed = ctx.params.seed if params.seed is None else params.seed
     torch.manual_seed(seed)
-    # carry-over validation (selftok.rl.selection): prompt groups set aside from RL's own, split by the global seed
-    prompts, aside = split_groups(scene_config(ctx.params.data), prompt_sets(ctx.params.data, ctx.params.seed, ctx.params.geneval)["train"],
-                                  params.val_fraction, ctx.params.seed)
-    if params.val_fraction > 0 and not aside:
-        raise ValueError(f"rl.val_fraction {params.val_fraction}: no category has two prompt groups to train on one and validate on another")
+    sets = prompt_sets(ctx.params.data, ctx.params.seed, ctx.params.geneval)
+    prompts, aside = sets["rl_train"], sets["rl_select"]  # aside: carry-over validation (selftok.rl.selection)
+    if not prompts:
+        raise ValueError("no rl_train prompts: the scene world is too small to leave RL prompt groups (see geneval.heldout_fraction)")
     # real renders of RL prompts through the tokenizer: how far samples stray from the data (logged; the guard's realism check)
     renders = real_renders(ctx.params.data, per_category(prompts, params.realism_prompts), params.group_size)
     ptx = pretraining_loss(_pretraining_task(ctx, arm, vlm), params.ptx_batch, seed) if params.ptx_coef > 0 else None
@@ -92,11 +91,11 @@ def _pretraining_task(ctx: StageContext, arm: Arm, vlm: SelftokVLM) -> VLMTask:
 def _validation(
     ctx: StageContext, vlm: SelftokVLM, decode: DecodeFn, evaluator: SceneEvaluator, aside: list[Record], seed: int
 ) -> Callable[[], dict[str, float]]:
-    """The policy's scores on (at most ``rl.val_prompts`` per category of) the set-aside prompts."""
+    """The policy's scores on (at most ``rl.val_prompts`` per category of) the rl_select prompts."""
     params = ctx.params.rl
     records = per_category(aside, params.val_prompts)
     sampling = ctx.params.vlm.sampling.model_copy(update={"samples_per_prompt": params.val_images, "seed": seed})
-    log.info("rl: %d prompts set aside to validate carry-over", len(records))
+    log.info("rl: %d rl_select prompts validate carry-over", len(records))
 
     def validate() -> dict[str, float]:
         summary, _ = generation(vlm.lm, vlm.tokenizer, records, decode, evaluator, sampling)

@@ -59,7 +59,7 @@ def run(ctx: StageContext) -> Metrics:
     pairs = pair_accuracy(truths, model.parse(val.images), params.match_tolerance * model.config.image_size, holdout)
     degraded_images = degrade(val.images, params.degrade, seed)
     degraded = evaluate_parses(model, degraded_images, val, params)
-    heldout = prompt_sets(ctx.params.data, seed, ctx.params.geneval)["heldout"]
+    heldout = prompt_sets(ctx.params.data, seed, ctx.params.geneval)["compositional"]
     sanity = sanity_metrics(
         model,
         heldout,

@@ -2,9 +2,10 @@
 
 RL at this scale is chaotic and one draw of images moves a score by about 2 points, so studies
 score many models and recipes; loading the tokenizer, the judge and the real renders once serves
-them all. Two prompt sets: ``heldout``, the evaluate stage's benchmark, and ``train``, as many of
-the prompts RL trains on. A gain on the second that the first does not show is learnt per prompt
-and does not carry over.
+them all. Three prompt sets (selftok.eval.geneval): ``compositional`` (never captioned) and
+``rl_test`` (captioned in pretraining, never used by RL), the evaluate stage's benchmark, and
+``rl_train``, as many of the prompts RL trains on. A gain on ``rl_train`` that the others do not
+show is learnt per prompt and does not carry over.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import DecodeFn
 
+SCORED = ("rl_train", "rl_test", "compositional")
+
 
 def reseeded(params: Params, offset: int) -> Params:
     """``params`` with the sampling seed moved by ``offset``: another draw of the same recipe."""
@@ -35,9 +38,9 @@ def reseeded(params: Params, offset: int) -> Params:
 
 
 def benchmark_records(params: Params) -> dict[str, list[Record]]:
-    """The two prompt sets, at most ``vlm.eval.geneval_prompts_per_category`` per category each."""
+    """The scored prompt sets, at most ``vlm.eval.geneval_prompts_per_category`` per category each."""
     sets, limit = prompt_sets(params.data, params.seed, params.geneval), params.vlm.eval.geneval_prompts_per_category
-    return {"heldout": per_category(sets["heldout"], limit), "train": per_category(sets["train"], limit)}
+    return {name: per_category(sets[name], limit) for name in SCORED}
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class Benchmark:
             sets[name] = PromptSet(rows, real, evaluator.features(real))
         return cls(decode, evaluator, params, sets)
 
-    def score(self, model: Path, prompts: str = "heldout") -> dict[str, Any]:
+    def score(self, model: Path, prompts: str = "compositional") -> dict[str, Any]:
         """The evaluate stage's generation scores of one VLM on a prompt set (per category, diversity, distance to real)."""
         chosen = self.sets[prompts]
         summary, _ = benchmark_generation(SelftokVLM.from_pretrained(model), chosen.records, self.decode, self.evaluator,
@@ -87,7 +90,7 @@ class Benchmark:
         difference the draw of images alone makes."""
         return [self.with_params(reseeded(self.params, i)).score(model)["overall"] for i in range(seeds)]
 
-    def reference(self, prompts: str = "heldout") -> dict[str, Any]:
+    def reference(self, prompts: str = "compositional") -> dict[str, Any]:
         """The real renders of a prompt set through the tokenizer, as evaluate measures them: their
         diversity and their scores (the data ceiling)."""
         chosen, n = self.sets[prompts], benchmark_sampling(self.params.vlm.sampling, self.params.evaluate.samples_per_prompt).samples_per_prompt

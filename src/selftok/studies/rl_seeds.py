@@ -126,7 +126,7 @@ def seeds_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     distance to real renders, training reward and KL. Headers carry the pretrained model's and the
     data's (real renders through the tokenizer) values where ``baseline`` has them."""
     reference, ceiling = baseline["diversity_reference"], baseline.get("data_ceiling", {})
-    train = baseline.get("train", {})
+    train = baseline.get("rl_train", {})
     head = ["rl.seed", f"overall (gain; data {_or_dash(ceiling.get('overall'), '.3f')})", *CATEGORIES,
             f"spread (real {reference['feature_spread']:.2f})", "distinct",
             f"pixel spread (real {_or_dash(reference.get('pixel_spread'), '.3f')})", "extra objects",
@@ -183,15 +183,15 @@ def pretrained_scores(study: SeedsStudy, bench: Benchmark, params: Params) -> di
     and pretrained model (another benchmark or model in the same OUT is refused)."""
     root, arm = study.root, ARMS[study.arm]
     sampling = benchmark_sampling(params.vlm.sampling, params.evaluate.samples_per_prompt)
-    pinned = {"benchmark": benchmark_hash(bench.sets["heldout"].records, sampling, root / EVALUATOR),
+    pinned = {"benchmark": benchmark_hash(bench.sets["compositional"].records, sampling, root / EVALUATOR),
               "pretrained_sha256": file_hash(root / arm.vlm)}
     baseline_file = study.out / "pretrained.json"
     baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else dict(pinned)
     if {k: baseline.get(k) for k in pinned} != pinned:
         raise ConfigError(f"{baseline_file}: scored on another benchmark or pretrained model than {root}'s; use another --out")
-    if "train" not in baseline:
+    if "rl_train" not in baseline:
         baseline |= {**bench.score(root / arm.vlm), **bench.reference(),
-                     "train": {**bench.score(root / arm.vlm, "train"), **bench.reference("train")}}
+                     "rl_train": {**bench.score(root / arm.vlm, "rl_train"), **bench.reference("rl_train")}}
     if study.sample_seeds > len(baseline.get("overall_by_seed", [])):
         baseline["overall_by_seed"] = bench.overall_by_seed(root / arm.vlm, study.sample_seeds)
     baseline_file.parent.mkdir(parents=True, exist_ok=True)
@@ -206,9 +206,9 @@ def run_seed(study: SeedsStudy, seed: int, raw: dict[str, Any], bench: Benchmark
     started = time.perf_counter()
     stage = run_stage(f"rl_finetune@{arm.name}", work)
     rl_seconds = time.perf_counter() - started
-    rl, rl_train = bench.score(work / arm.vlm_rl), bench.score(work / arm.vlm_rl, "train")
+    rl, rl_train = bench.score(work / arm.vlm_rl), bench.score(work / arm.vlm_rl, "rl_train")
     gain = {k: rl[k] - baseline[k] for k in (*CATEGORIES, "overall", "overall_strict") if k in rl and k in baseline}
-    gain_train = {k: rl_train[k] - baseline["train"][k] for k in ("overall", "overall_strict")}
+    gain_train = {k: rl_train[k] - baseline["rl_train"][k] for k in ("overall", "overall_strict")}
     result = {"name": study.name, "seed": seed, "sets": study.sets, "rl_seconds": rl_seconds, "gain": gain,
               "gain_train_prompts": gain_train, "rl": rl, "rl_train_prompts": rl_train, "pretrained": baseline, "stage": stage}
     if stage.get("validation", {}).get("selected_step") is not None:  # what the selection passed over

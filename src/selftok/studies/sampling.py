@@ -2,8 +2,8 @@
 
 A better recipe would give RL a better starting policy, but choosing it on the held-out benchmark
 would let the benchmark pick the model it then judges. So every recipe is scored on as many of
-RL's own prompts as on held-out ones, under several sampling seeds: choose on ``train``, check on
-``heldout``. Each recipe overrides keys of ``vlm.sampling`` (the seed is the recipe's own plus
+RL's own prompts as on the benchmark's, under several sampling seeds: choose on ``rl_train``, check
+on ``rl_test`` and ``compositional``. Each recipe overrides keys of ``vlm.sampling`` (the seed is the recipe's own plus
 0..SEEDS-1). Against an earlier sweep of another model, every (recipe, seed, prompt set) both
 scored is paired and the gain's mean and standard error over the seeds reported; one draw moves
 the overall by about 2 points, so a gain needs several seeds.
@@ -22,9 +22,8 @@ from selftok.config import PARAMS_FILE, Params, merged, parse_overrides, parse_p
 from selftok.data.scenes import CATEGORIES
 from selftok.errors import ConfigError
 from selftok.paths import ARMS
-from selftok.studies.benchmark import Benchmark, reseeded
+from selftok.studies.benchmark import SCORED, Benchmark, reseeded
 
-PROMPT_SETS = ("train", "heldout")
 KEPT = ("overall", "overall_se", "overall_strict", "extra_objects", *CATEGORIES)  # of each score's summary
 Row = dict[str, Any]
 
@@ -105,9 +104,9 @@ def report_gains(gains: list[Row], out: Path, against: Path) -> str:
 
 def means_table(rows: list[Row], recipes: list[str]) -> str:
     """Mean overall per recipe (rows) and prompt set (columns)."""
-    lines = [f"| recipe | {' | '.join(PROMPT_SETS)} |", "|---" * (1 + len(PROMPT_SETS)) + "|"]
+    lines = [f"| recipe | {' | '.join(SCORED)} |", "|---" * (1 + len(SCORED)) + "|"]
     for recipe in recipes:
-        means = [statistics.fmean(r["overall"] for r in rows if r["recipe"] == recipe and r["prompts"] == p) for p in PROMPT_SETS]
+        means = [statistics.fmean(r["overall"] for r in rows if r["recipe"] == recipe and r["prompts"] == p) for p in SCORED]
         lines.append(f"| {recipe} | {' | '.join(f'{m:.3f}' for m in means)} |")
     return "\n".join(lines) + "\n"
 
@@ -117,7 +116,7 @@ def plan(sweep: Sweep) -> tuple[dict[str, list[Params]], list[Row] | None]:
     baseline = read_sweep(sweep.against) if sweep.against else None
     raw = read_params(sweep.root / PARAMS_FILE)
     recipes = {recipe: [with_sampling(raw, recipe, seed) for seed in range(sweep.seeds)] for recipe in sweep.recipes}
-    planned = {(recipe, seed, prompts) for recipe in recipes for seed in range(sweep.seeds) for prompts in PROMPT_SETS}
+    planned = {(recipe, seed, prompts) for recipe in recipes for seed in range(sweep.seeds) for prompts in SCORED}
     if sweep.against is not None and not planned & {(r["recipe"], r["seed"], r["prompts"]) for r in baseline or []}:
         raise nothing_in_common(sweep.against)
     return recipes, baseline
@@ -130,7 +129,7 @@ def run(sweep: Sweep, report: Callable[[str], None]) -> list[Row]:
     rows: list[Row] = []
     for recipe, seeded in recipes.items():
         for seed, params in enumerate(seeded):
-            for prompts in PROMPT_SETS:
+            for prompts in SCORED:
                 summary = bench.with_params(params).score(sweep.root / sweep.model, prompts)
                 rows.append({"recipe": recipe, "seed": seed, "prompts": prompts} | {k: summary[k] for k in KEPT if k in summary})
                 report(json.dumps(rows[-1]))

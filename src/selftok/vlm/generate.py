@@ -72,8 +72,10 @@ class ImageSpanSampler(LogitsProcessor):
         top_k: int,
         generator: torch.Generator,
         min_p: float = 0.0,
+        start: int = 0,
     ) -> None:
         self.tk = tokenizer
+        self.start = start  # visual tokens already in the prompt (a forced prefix)
         self.min_p = min_p
         self.prompt_length = prompt_length
         self.rows = conditional_rows
@@ -83,7 +85,7 @@ class ImageSpanSampler(LogitsProcessor):
         self.generator = generator
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.prompt_length
+        step = input_ids.shape[1] - self.prompt_length + self.start
         total, b, tk = scores.shape[0], self.rows, self.tk
         out = torch.full_like(scores, float("-inf"))
         if step >= tk.num_tokens:
@@ -137,24 +139,29 @@ def sample_codes(
     generator: torch.Generator,
     use_cache: bool = True,
     min_p: float = 0.0,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Codes [B, K] for prompt rows ending in [BOV]; ``cfg_scale=None`` runs no unconditional rows."""
-    rows = [list(p) for p in prompts]
+    """Codes [B, K] for prompt rows ending in [BOV]; ``cfg_scale=None`` runs no unconditional rows.
+    ``prefix`` (codes [B, k]) forces each row's first k codes, in both branches, and samples the rest."""
+    start = 0 if prefix is None else prefix.shape[1]
+    forced = [[] if prefix is None else (prefix[i] + tokenizer.visual_offset).tolist() for i in range(len(prompts))]
+    rows = [list(p) + f for p, f in zip(prompts, forced, strict=True)]
     if cfg_scale is not None:
-        rows += [t2i_prompt(tokenizer, [])] * len(prompts)
+        rows += [t2i_prompt(tokenizer, []) + f for f in forced]
     ids, mask = left_pad(rows, tokenizer.pad_id)
     device = lm.device
     sampler = ImageSpanSampler(tokenizer=tokenizer, prompt_length=ids.shape[1], conditional_rows=len(prompts), cfg_scale=cfg_scale or 1.0,
-                               temperature=temperature, top_k=top_k, generator=generator, min_p=min_p)
+                               temperature=temperature, top_k=top_k, generator=generator, min_p=min_p, start=start)
     lm.eval()
+    remaining = tokenizer.num_tokens - start
     out = lm.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
-        generation_config=_greedy_config(tokenizer, tokenizer.num_tokens + 1, use_cache, tokenizer.eov_id),
+        generation_config=_greedy_config(tokenizer, remaining + 1, use_cache, tokenizer.eov_id),
         logits_processor=LogitsProcessorList([sampler]),
     )
-    span = out[: len(prompts), ids.shape[1] : ids.shape[1] + tokenizer.num_tokens].cpu()
-    return tokenizer.token_to_code(span)
+    span = tokenizer.token_to_code(out[: len(prompts), ids.shape[1] : ids.shape[1] + remaining].cpu())
+    return span if prefix is None else torch.cat([prefix.cpu(), span], 1)
 
 
 def generate_images(
