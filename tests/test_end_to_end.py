@@ -19,17 +19,21 @@ from selftok.stages.base import resolve_stages
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
+SETS = ("rl_test", "compositional")
 CONTRACT = [
     "tokenizer.psnr_diffusion", "tokenizer.psnr_renderer", "tokenizer.ssim_renderer", "tokenizer.psnr_no_tokens",
     "tokenizer.active_code_fraction", "tokenizer.evaluator_fidelity", "tokenizer.shape_agreement", "evaluator.scene_accuracy",
     "comprehension.caption_accuracy",
-    *[f"generation.{m}.{c}" for m in ("pretrained", "rl") for c in ("overall", *CATEGORIES)],
-    *[f"generation.{m}.overall_strict" for m in ("pretrained", "rl")], "data_ceiling.overall", "data_ceiling.overall_strict",
+    *[f"generation.{s}.{m}.{c}" for s in SETS for m in ("pretrained", "rl") for c in ("overall", "overall_strict", "overall_se", *CATEGORIES)],
+    *[f"rl_gain.{s}.{c}" for s in SETS for c in ("overall", "overall_strict", "overall_se", "judge_overall", "judge_overall_strict")],
+    *[f"generation.{s}.{m}.judge.{c}" for s in SETS for m in ("pretrained", "rl") for c in ("overall", "overall_strict")],
+    "judges.agreement", *[f"judges.{s}.agreement" for s in SETS],
+    *[f"data_ceiling.{s}.{c}" for s in SETS for c in ("overall", "overall_strict")],
 ]
 # The spatial-token control arm mirrors the arm-level keys (no diffusion decoder, so no psnr_diffusion).
 CONTROL = [
     *[f"control.spatial.{key}" for key in CONTRACT if not key.startswith(("evaluator.", "tokenizer.psnr_diffusion"))],
-    *[f"control.spatial.rl_gain.{c}" for c in ("overall", *CATEGORIES)],
+    *[f"control.spatial.rl_gain.{s}.{c}" for s in SETS for c in CATEGORIES],
 ]
 
 
@@ -57,18 +61,21 @@ def test_metrics_contract(smoke) -> None:
         if "psnr" in key:
             assert 0 < value < 100, (key, value)
         else:
-            assert (-1 if ".rl_gain." in key else 0) <= value <= 1, (key, value)
+            assert (-1 if "rl_gain." in key else 0) <= value <= 1, (key, value)
     nested = json.loads((project / "metrics" / "evaluate.json").read_text())
     for arm in (nested, nested["control"]["spatial"]):
         assert list(arm["tokenizer"]["prefix_psnr"]) == ["1", "2", "4", "8"]  # smoke K = 8
         pairs = {k: v for k, v in arm["tokenizer"].items() if k.startswith("shape_agreement_")}
         assert "shape_agreement_seen_pairs" in pairs and set(pairs) <= {"shape_agreement_seen_pairs", "shape_agreement_heldout_pairs"}
         assert all(0 <= v <= 1 for v in pairs.values())
-        reference, rl = arm["diversity_reference"], arm["generation"]["rl"]["diversity"]
-        assert 0 < reference["distinct_codes"] <= 1 and reference["feature_spread"] > 0  # computed from real renders
-        assert set(reference) == set(rl)  # measured the same way as the generations it is compared with
-        ceiling, pretrained = arm["data_ceiling"], arm["generation"]["pretrained"]
-        assert ceiling["overall_strict"] <= ceiling["overall"] and set(pretrained) >= set(ceiling)  # scored like a model
+        for name in SETS:
+            reference, rl = arm["diversity_reference"][name], arm["generation"][name]["rl"]["diversity"]
+            assert 0 < reference["distinct_codes"] <= 1 and reference["feature_spread"] > 0  # computed from real renders
+            assert set(reference) == set(rl)  # measured the same way as the generations it is compared with
+            ceiling, pretrained = arm["data_ceiling"][name], arm["generation"][name]["pretrained"]
+            assert ceiling["overall_strict"] <= ceiling["overall"] and set(pretrained) >= set(ceiling) - {"images"}  # scored like a model
+            gain = arm["rl_gain"][name]
+            assert math.isclose(gain["overall_strict"], arm["generation"][name]["rl"]["overall_strict"] - pretrained["overall_strict"])
         entropy = arm["ar_probe"]["entropy_by_position"]
         assert list(entropy) == [str(i) for i in range(1, 9)] and all(0 <= e <= math.log(64) + 1e-6 for e in entropy.values())
 
@@ -78,12 +85,12 @@ def test_report_is_self_contained(smoke) -> None:
     index = project / "reports" / "index.html"
     text = index.read_text()
     images = sorted((project / "reports" / "images").glob("*.png"))
-    assert {"reconstruction_by_prefix.png", "generation_pretrained.png", "generation_rl.png", "reconstruction_by_prefix_spatial.png",
-            "generation_spatial_pretrained.png", "generation_spatial_rl.png"} <= {p.name for p in images}
+    assert {"reconstruction_by_prefix.png", "reconstruction_by_prefix_spatial.png",
+            *[f"generation{arm}_{name}_{m}.png" for arm in ("", "_spatial") for name in SETS for m in ("pretrained", "rl")]} <= {p.name for p in images}
     for image in images:
         assert f"images/{image.name}" in text
     assert "Promotion" in text and "Reconstruction by prefix" in text and "spatial-token control" in text
-    assert "<td>rl_gain.overall</td>" in text
+    assert "<td>rl_gain.rl_test.overall</td>" in text and "Generation: compositional prompts" in text
     assert "<td>feature spread per prompt</td>" in text and "<th>real renders</th>" in text
 
 
@@ -103,7 +110,8 @@ def test_runs_nest_and_registry_has_aliases(smoke) -> None:
     tags = mlflow.tracking.MlflowClient().get_model_version("selftok-vlm", tracking.alias_version("selftok-vlm", "champion")).tags
     evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
     # (0 where the smoke model scores every prompt 0 or 1: no sampling spread)
-    assert float(tags["benchmark.overall_se"]) == evaluate["generation"]["rl"]["overall_se"] >= 0
+    assert float(tags["benchmark.overall_se"]) == evaluate["generation"]["rl_test"]["rl"]["overall_se"] >= 0
+    assert evaluate["promotion"]["prompt_set"] == "rl_test"
     assert evaluate["promotion"]["required_gain"] is None and evaluate["promotion"]["promoted"]  # no champion before
 
 
@@ -151,27 +159,33 @@ def test_rl_seeds_study_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_pa
     subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", "--sample-seeds", "2", *options],
                    check=True, capture_output=True)
     result = json.loads((out / "g2" / "seed_1" / "result.json").read_text())
-    # the first sampling seed is the recipe's own: the same images as the main score
-    assert len(result["overall_by_seed"]) == 2 and result["overall_by_seed"][0] == result["rl"]["overall"]
-    assert result["pretrained"]["overall_by_seed"][0] == result["pretrained"]["overall"]
+    pretrained = json.loads((out / "pretrained.json").read_text())
+    assert set(pretrained["benchmark"]) == set(SETS) and pretrained["judge_sha256"]  # pins both benchmark sets
+    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
+    for name in SETS:
+        evaluated, first = evaluate["generation"][name]["pretrained"], pretrained["sets"][name]["scores"][0]
+        # sampling seed 0 is the recipe's own: the evaluate stage's images, by both judges
+        assert first["overall"] == evaluated["overall"] and first["judge"]["overall"] == evaluated["judge"]["overall"]
+        assert first["frechet_to_real"] == evaluated["frechet_to_real"]  # the same real renders as evaluate's
+        assert pretrained["sets"][name]["data_ceiling"] == evaluate["data_ceiling"][name]  # through the same tokenizer
+        runs, gain = result["scores"][name], result["gain"][name]
+        assert len(runs) == len(pretrained["sets"][name]["scores"]) == gain["sample_seeds"] == 2
+        assert all(0 <= r["judge"]["overall_strict"] <= r["judge"]["overall"] <= 1 for r in runs)
+        assert gain["by_sample_seed"]["overall"] == pytest.approx(
+            [(r["overall"] - p["overall"]) * 100 for r, p in zip(runs, pretrained["sets"][name]["scores"], strict=True)])
+        assert math.isclose(gain["overall"], sum(gain["by_sample_seed"]["overall"]) / 2) and "judge_overall" in gain
+    assert len(result["scores"]["rl_train"]) == 1  # RL's own prompts: the recipe's draw, a diagnostic
+    assert set(result["scores"]["rl_train"][0]) == set(result["scores"]["rl_test"][0])  # scored the same way
+    assert result["pretrained_rl_train"] in pretrained["rl_train_by_prompts"].values()  # RL's prompts are the recipe's
     assert "2 seeds)" in (out / "g2" / "table.md").read_text()
     assert "validation" not in result["stage"]
     assert result["seed"] == 1 and result["stage"]["rl"]["steps"] == 3 and "rl_last" not in result
     assert result["stage"]["rl"]["ptx_loss_last5"] > 0  # the stage read the copied codes for its pretraining batches
-    assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and result["rl"]["extra_objects"] >= 0
-    assert result["rl"]["overall_strict"] <= result["rl"]["overall"]  # strict counts a subset of the correct images
+    headline = result["scores"]["rl_test"][0]
+    assert result["stage"]["rl"]["extra_objects_last5"] >= 0 and headline["extra_objects"] >= 0
+    assert headline["overall_strict"] <= headline["overall"]  # strict counts a subset of the correct images
     assert result["stage"]["rl"]["frechet_to_real_last5"] > 0  # RL measured its samples against real renders
     assert result["stage"]["rl"]["pixel_spread_last5"] >= 0
-    assert math.isclose(result["gain"]["overall"], result["rl"]["overall"] - result["pretrained"]["overall"])
-    evaluate = json.loads((project / "metrics" / "evaluate.json").read_text())
-    evaluated = evaluate["generation"]["pretrained"]
-    assert result["pretrained"]["overall"] == evaluated["overall"]  # the same benchmark as the evaluate stage
-    assert result["pretrained"]["data_ceiling"] == evaluate["data_ceiling"]  # and the same real renders through the tokenizer
-    assert set(result["rl_train_prompts"]) == set(result["rl"])  # RL's own prompts, scored the same way
-    assert math.isclose(result["gain_train_prompts"]["overall_strict"],
-                        result["rl_train_prompts"]["overall_strict"] - result["pretrained"]["rl_train"]["overall_strict"])
-    assert evaluated["extra_objects"] >= 0 and evaluated["frechet_to_real"] > 0
-    assert result["pretrained"]["frechet_to_real"] == evaluated["frechet_to_real"]  # the same real renders as evaluate's
     assert not (project / "ablation_runs").exists() and tracking.file_hash(project / "models" / "vlm_rl") == rl_model  # untouched
 
     again = subprocess.run([*command, "--name", "g2", "--seeds", "0", "1", "--set", "rl.group_size=2", *options],
@@ -179,16 +193,28 @@ def test_rl_seeds_study_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_pa
     assert again.stdout.count("done before") == 2
     other = subprocess.run([*command, "--name", "g2", "--seeds", "0"], capture_output=True, text=True)
     assert other.returncode != 0 and "other --set values" in other.stderr
+    stale = json.loads((out / "pretrained.json").read_text()) | {"benchmark": "compositional only"}  # an OUT of the old sets
+    (out / "pretrained.json").write_text(json.dumps(stale))
+    refused = subprocess.run([*command, "--name", "g2", "--seeds", "0"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "another benchmark" in refused.stderr
     # the spatial control arm: its own RL stage, scored like evaluate scores that arm
     spatial = [*command[:-4], "--out", str(tmp_path / "spatial"), "--threads", "1", "--arm", "spatial"]
     subprocess.run([*spatial, "--name", "g2", "--seeds", "0", "--set", "rl.group_size=2"], check=True, capture_output=True)
-    result = json.loads((tmp_path / "spatial" / "g2" / "seed_0" / "result.json").read_text())
-    assert result["pretrained"]["pretrained_sha256"] == tracking.file_hash(project / "models" / "vlm_spatial")
-    assert result["pretrained"]["overall"] == evaluate["control"]["spatial"]["generation"]["pretrained"]["overall"]
+    pretrained = json.loads((tmp_path / "spatial" / "pretrained.json").read_text())
+    assert pretrained["pretrained_sha256"] == tracking.file_hash(project / "models" / "vlm_spatial")
+    for name in SETS:
+        assert pretrained["sets"][name]["scores"][0]["overall"] == evaluate["control"]["spatial"]["generation"][name]["pretrained"]["overall"]
     assert not (tmp_path / "spatial" / "g2" / "seed_0" / "models" / "renderer").exists()  # the spatial decoder renders
     summary = json.loads((out / "g2" / "summary.json").read_text())
-    assert summary["seeds"] == [0, 1] and len(summary["gain_points"]) == 2
-    assert len((out / "g2" / "table.md").read_text().splitlines()) == 2 + 2  # header, rule, one row per seed
+    assert summary["seeds"] == [0, 1] and summary["headline"] == "rl_test"
+    for name in SETS:
+        assert len(summary[name]["overall"]["per_seed"]) == 2 and summary[name]["overall"]["se"] is not None
+        assert "judge_overall" in summary[name] and isinstance(summary[name]["bars"]["met"], bool)
+    assert set(summary["rl_test"]["bars"]) == {"overall_gain_at_least_15", "strict_gain_at_least_10", "every_seed_strict_at_least_5",
+                                               "judges_agree", "met"}
+    assert all(isinstance(v, bool) for v in summary["rl_test"]["bars"].values())
+    assert isinstance(summary["compositional"]["bars"]["no_loss_beyond_2se"], bool)
+    assert len((out / "g2" / "table.md").read_text().splitlines()) == 2 + 2 + 1  # header, rule, one row per seed, the mean
 
 
 def test_sampling_study_scores_recipes_on_the_evaluate_benchmark(smoke, tmp_path: Path) -> None:
@@ -211,7 +237,7 @@ def test_sampling_study_scores_recipes_on_the_evaluate_benchmark(smoke, tmp_path
     rows = json.loads(out.read_text())
     assert [(r["recipe"], r["prompts"]) for r in rows] == [(recipe, prompts) for recipe in (f"cfg_scale={cfg}", "cfg_scale=1,min_p=0")
                                                             for prompts in ("rl_train", "rl_test", "compositional")]
-    evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["pretrained"]
+    evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())["generation"]["compositional"]["pretrained"]
     assert rows[2]["overall"] == evaluated["overall"] and rows[2]["overall_se"] == evaluated["overall_se"]  # same images
     assert all(0 <= r["overall_strict"] <= r["overall"] <= 1 for r in rows)
     assert f"| cfg_scale={cfg} | {rows[0]['overall']:.3f} | {rows[1]['overall']:.3f} | {rows[2]['overall']:.3f} |" in done.stdout

@@ -21,7 +21,7 @@ from selftok.commands.common import Root, console, read_params
 from selftok.progress import PIPELINE_STATUS, STAGE_STATUS, duration, rate_text, read_status
 
 REGISTERED_MODELS = (
-    "selftok-tokenizer", "selftok-renderer", "selftok-evaluator", "selftok-vlm", "selftok-spatial", "selftok-spatial-vlm",
+    "selftok-tokenizer", "selftok-renderer", "selftok-evaluator", "selftok-judge", "selftok-vlm", "selftok-spatial", "selftok-spatial-vlm",
 )
 
 

@@ -53,13 +53,14 @@ def rl_seeds(
     threads: Threads = 0,
     arm: Annotated[str, typer.Option("--arm", help="Tokenizer arm whose RL stage runs (give it its own --out).")] = "selftok",
     sample_seeds: Annotated[int, typer.Option("--sample-seeds", help=(
-        "Also score held-out overall under this many sampling seeds, paired with the pretrained model's."))] = 1,
+        "Score rl_test and compositional under this many sampling seeds, paired with the pretrained model's (the protocol: 4)."))] = 1,
 ) -> None:
     """One RL recipe over several rl.seed values, scored on the evaluate stage's benchmark.
 
-    Each seed runs the real RL stage in OUT/NAME/seed_S and is scored held out and on RL's own
-    prompts; OUT/NAME/summary.json and table.md hold the gains. One draw of images moves a score
-    about 2 points, hence --sample-seeds.
+    Each seed runs the real RL stage in OUT/NAME/seed_S and is scored on rl_test (the headline) and
+    compositional, by the evaluator and the second judge (models/judge), and on RL's own prompts;
+    OUT/NAME/summary.json (with the protocol's bars) and table.md hold the gains. One draw of images
+    moves a score about 2 points, hence --sample-seeds.
     """
     from selftok.studies.rl_seeds import SeedsStudy, run
 

@@ -40,6 +40,7 @@ POSITION_THRESHOLD = 0.1  # GenEval: offsets shrink by this share of the summed 
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 PROMPT_SETS = ("rl_train", "rl_select", "rl_test", "compositional")
 CAPTIONED = ("rl_train", "rl_select", "rl_test")  # may caption training images; compositional never does
+BENCHMARK_SETS = ("rl_test", "compositional")  # what the evaluate stage scores, the paper's protocol first
 TEST_PROMPTS = 16  # rl_test prompts per category, where the world leaves RL as many groups as the test
 
 Record = dict[str, Any]
@@ -157,9 +158,11 @@ def per_category(records: Sequence[Record], limit: int) -> list[Record]:
     return out
 
 
-def heldout_records(data: DataParams, seed: int, params: GenevalParams, limit: int) -> list[Record]:
-    """The benchmark's prompts: compositional prompts, at most ``limit`` per category."""
-    return per_category(prompt_sets(data, seed, params)["compositional"], limit)
+def limited_sets(data: DataParams, seed: int, params: GenevalParams, limit: int,
+                 names: Sequence[str] = BENCHMARK_SETS) -> dict[str, list[Record]]:
+    """The prompt sets ``names`` (the benchmark's by default), at most ``limit`` prompts per category each."""
+    sets = prompt_sets(data, seed, params)
+    return {name: per_category(sets[name], limit) for name in names}
 
 
 def relative_position(a: ParsedObject, b: ParsedObject) -> set[str]:

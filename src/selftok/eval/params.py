@@ -27,6 +27,14 @@ class Corruption(StrictModel):
 AUGMENT = Corruption()
 DEGRADE = Corruption(blur_sigma=0.7, noise_std=0.06, patch_noise_std=0.06, color_shift=0.06, contrast=0.1)
 
+# The benchmark's second judge (selftok.paths.JUDGE) trains on the evaluator's data with its
+# recipe, but from another seed and at another width, so it shares none of the evaluator's
+# accidents: a policy that learns the reward evaluator's blind spots raises its reward while this
+# judge's score stays flat. Constants, not params keys: they define what "independent" means.
+JUDGE_SEED_OFFSET = 7919  # added to the run's seed: another initialisation and augmentation stream
+JUDGE_WIDTH_FACTOR = 1.5  # judge width = evaluator width x this ...
+JUDGE_WIDTH_MULTIPLE = 4  # ... rounded up to a multiple of this, so always wider than the evaluator
+
 
 class EvaluatorParams(PrecisionParams):
     """The scene evaluator: judge of generations and RL rewards (selftok.eval); its training loop

@@ -33,6 +33,10 @@ CURVES = {  # stage -> metric keys worth plotting
     "rl_finetune@selftok": ["rl.reward", "rl.kl", "rl.distinct_codes"],
     "rl_finetune@spatial": ["rl.reward", "rl.kl", "rl.distinct_codes"],
 }
+SET_NOTES = {
+    "rl_test": "Requests the VLM saw as captions in pretraining, never used by RL or its checkpoint choice (the paper's protocol).",
+    "compositional": "Requests that never caption a training image, the held-out colour-shape pairs among them: composition.",
+}
 # What the two arms are compared on, side by side (flattened keys of each arm's metrics).
 ARM_SECTIONS = ("tokenizer", "generation", "rl_gain", "diversity_reference", "data_ceiling", "comprehension", "ar_probe")
 
@@ -79,6 +83,8 @@ def plot_curves(experiment: str, out: Path) -> list[str]:
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def cell(value: Any) -> str:
+        if value is None:
+            return ""
         return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -97,12 +103,13 @@ def side_by_side(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"metric": k, **{name: f[k] for name, f in flat.items()}} for k in keys]
 
 
-def generation_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The generation table: per category, then the diversity, clutter and strict rows, for the
-    pretrained and RL models beside real renders (the data through the tokenizer: what a model
-    drawing like its data scores)."""
-    generation, ceiling = metrics.get("generation", {}), metrics.get("data_ceiling", {})
-    reference = metrics.get("diversity_reference", {})
+def generation_rows(metrics: dict[str, Any], prompt_set: str) -> list[dict[str, Any]]:
+    """The generation table of one prompt set: per category, then the diversity, clutter and strict
+    rows, for the pretrained and RL models beside real renders (the data through the tokenizer:
+    what a model drawing like its data scores)."""
+    generation = metrics.get("generation", {}).get(prompt_set, {})
+    ceiling = metrics.get("data_ceiling", {}).get(prompt_set, {})
+    reference = metrics.get("diversity_reference", {}).get(prompt_set, {})
 
     def models(get: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
         return {m: get(generation.get(m, {})) for m in ("pretrained", "rl")}
@@ -120,6 +127,8 @@ def generation_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         {"category": "extra objects per image", **models(lambda g: g.get("extra_objects")), "real renders": ceiling.get("extra_objects")},
         {"category": "overall, correct with no extra object", **models(lambda g: g.get("overall_strict")),
          "real renders": ceiling.get("overall_strict")},
+        # the same images by the independent second judge: a gap that opens under RL is the reward being gamed
+        {"category": "overall, second judge", **models(lambda g: g.get("judge", {}).get("overall")), "real renders": None},
     ]
 
 
@@ -149,8 +158,9 @@ def build_report(folder: Path, metrics: dict[str, Any], experiment: str) -> Path
         "<h2>Reconstruction by prefix (val)</h2>",
         "<p>k = number of leading tokens v1..vk visible; k = 0 is the no-token baseline. 8-bit PSNR protocol.</p>",
         _table(table, ["decoder", "k", "psnr", "ssim", "frechet_evaluator_distance", "evaluator_fidelity", "shape_agreement", "color_agreement"]),
-        "<h2>Generation (held-out prompts, GenEval-style)</h2>",
-        _table(generation_rows(metrics), ["category", "pretrained", "rl", "real renders"]),
+        *[part for name in metrics.get("generation", {}) for part in (
+            f"<h2>Generation: {html.escape(name)} prompts (GenEval-style)</h2>", f"<p>{html.escape(SET_NOTES.get(name, ''))}</p>",
+            _table(generation_rows(metrics, name), ["category", "pretrained", "rl", "real renders"]))],
         *_control_section(metrics),
         "<h2>Promotion</h2>",
         _table([{"key": k, "value": v} for k, v in metrics.get("promotion", {}).items()], ["key", "value"]),

@@ -29,7 +29,13 @@ from selftok.eval.evaluator import (
     objects_from_metadata,
     targets_for,
 )
-from selftok.eval.params import Corruption, EvaluatorParams
+from selftok.eval.params import (
+    JUDGE_SEED_OFFSET,
+    JUDGE_WIDTH_FACTOR,
+    JUDGE_WIDTH_MULTIPLE,
+    Corruption,
+    EvaluatorParams,
+)
 from selftok.progress import track
 from selftok.schema import params_hash
 from selftok.training.checkpoint import STATE, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -168,7 +174,7 @@ def _resume(
         return 0, []
     epoch, weights, state = load_checkpoint(path, optimizer)
     model.load_state_dict(weights)
-    log.info("resuming evaluator training after epoch %d", epoch)
+    log.info("resuming training from %s after epoch %d", path, epoch)
     return epoch, state["history"]
 
 
@@ -226,10 +232,12 @@ def train_evaluator(
     checkpoint_dir: Path | None = None,
     log_metrics: LogFn | None = None,
     device: torch.device | str = "cpu",
+    label: str = "evaluator",
 ) -> tuple[SceneEvaluator, list[dict[str, float]]]:
     """Train on ``train`` renders, tracking accuracy on ``val`` each epoch; returns the model
     and the per-epoch history. Resumes from ``checkpoint_dir`` when it holds a checkpoint of
-    the same params and data (the final one too, so an identical rerun does no training)."""
+    the same params and data (the final one too, so an identical rerun does no training).
+    ``label`` names the model in progress and logs (the stage trains an evaluator and a judge)."""
     config = EvaluatorConfig(
         image_size=int(train.images.shape[-1]),
         grid=params.grid,
@@ -247,7 +255,7 @@ def train_evaluator(
     epochs = _Epochs(model=model, optimizer=optimizer, data=train, targets=targets, layers=layers, params=params, seed=seed,
                      device=device)
     start_epoch, history = _resume(checkpoint_dir, fingerprint, model, optimizer)
-    for epoch in track(range(start_epoch, params.epochs), "evaluator epochs", total=params.epochs, initial=start_epoch):
+    for epoch in track(range(start_epoch, params.epochs), f"{label} epochs", total=params.epochs, initial=start_epoch):
         started = time.perf_counter()
         row = epochs.run(epoch)
         row |= {f"val_{k}": v for k, v in evaluate_parses(model, val.images, val, params).items()}
@@ -256,7 +264,8 @@ def train_evaluator(
         if log_metrics is not None:
             log_metrics(row, epoch + 1)
         log.debug(  # the curves are in MLflow; the console shows the epochs' progress
-            "evaluator epoch %d/%d: loss %.4f, val scene accuracy %.4f",
+            "%s epoch %d/%d: loss %.4f, val scene accuracy %.4f",
+            label,
             epoch + 1,
             params.epochs,
             row["loss_total"],
@@ -266,3 +275,16 @@ def train_evaluator(
         if checkpoint_dir is not None and (done % params.checkpoint_every == 0 or done == params.epochs):
             save_checkpoint(checkpoint_dir, done, model.state_dict(), optimizer, {"fingerprint": fingerprint, "history": history})
     return model.eval(), history
+
+
+# --- the independent judge -----------------------------------------------------------------
+def judge_params(params: EvaluatorParams) -> EvaluatorParams:
+    """The evaluator's recipe at the judge's width (selftok.eval.params.JUDGE_WIDTH_FACTOR,
+    rounded up to JUDGE_WIDTH_MULTIPLE): another architecture, the same data and training."""
+    width = math.ceil(params.width * JUDGE_WIDTH_FACTOR / JUDGE_WIDTH_MULTIPLE) * JUDGE_WIDTH_MULTIPLE
+    return params.model_copy(update={"width": width})
+
+
+def judge_seed(seed: int) -> int:
+    """The judge's seed: the run's, offset so its initialisation and augmentations are its own."""
+    return seed + JUDGE_SEED_OFFSET

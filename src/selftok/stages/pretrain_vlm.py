@@ -25,7 +25,7 @@ from selftok import paths, tracking
 from selftok.data.codes import CodeSet, load_codes
 from selftok.data.dataset import to_uint8
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.geneval import heldout_records
+from selftok.eval.geneval import limited_sets
 from selftok.stages.arms import Arm, serving_models, stage_arm
 from selftok.stages.base import Metrics, StageContext
 from selftok.training.loop import Callbacks, make_accelerator
@@ -127,11 +127,12 @@ def run(ctx: StageContext) -> Metrics:
     evaluator_ready = (ctx.path(paths.EVALUATOR) / "config.json").is_file()
     if decode is not None and evaluator_ready:
         evaluator = SceneEvaluator.load(ctx.path(paths.EVALUATOR), accelerator.device)
-        records = heldout_records(ctx.params.data, seed, ctx.params.geneval, params.eval.geneval_prompts_per_category)
-        summary, images = generation(vlm.lm, tokenizer, records, decode, evaluator, params.sampling)
-        metrics["generation"] = {"pretrained": summary}
-        n = params.sampling.samples_per_prompt
-        ctx.log_image(image_grid(to_uint8(images[: 8 * n]), columns=n, scale=3), "generation/heldout.png")
+        metrics["generation"] = {}
+        for name, records in limited_sets(ctx.params.data, seed, ctx.params.geneval, params.eval.geneval_prompts_per_category).items():
+            summary, images = generation(vlm.lm, tokenizer, records, decode, evaluator, params.sampling)
+            metrics["generation"][name] = {"pretrained": summary}
+            n = params.sampling.samples_per_prompt
+            ctx.log_image(image_grid(to_uint8(images[: 8 * n]), columns=n, scale=3), f"generation/{name}.png")
     else:
         log.warning("generation scores skipped: needs the arm's renderer (%s) and models/evaluator (%s)", decode is not None, evaluator_ready)
     return _finite(metrics)

@@ -38,7 +38,7 @@ from selftok.training.loop import Task
 from selftok.training.precision import autocast
 from selftok.vlm.bench import scene_captions
 from selftok.vlm.model import build_lm, build_vocabulary
-from selftok.vlm.train import VLMTask, _checkpointing
+from selftok.vlm.train import VLMTask, set_checkpointing
 
 BATCHES = 4  # distinct batches of samples a bench draws from (its epoch)
 CAPTIONS = 2048  # captions the VLM's text vocabulary is trained on (as the stage trains it on the train captions)
@@ -183,7 +183,7 @@ def vlm_task(p: Params, device: torch.device, checkpointing: bool) -> VLMTask:
     tokenizer = build_vocabulary(v, captions, p.tokenizer.codebook_size, p.tokenizer.num_tokens)
     lm = build_lm(v, tokenizer, p.seed)
     if checkpointing:
-        _checkpointing(lm, True)
+        set_checkpointing(lm, True)
     n = v.batch_size * BATCHES
     codes = torch.randint(0, tokenizer.num_codes, (n, tokenizer.num_tokens), generator=torch.Generator().manual_seed(0))
     ids = tokenizer.encode_text([captions[i % len(captions)] for i in range(n)])

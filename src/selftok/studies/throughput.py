@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from selftok.config import Params
 from selftok.rl.trainer import GRPO
 from selftok.studies.stage_tasks import BUILDERS, Skipped, StageBench, rl_grpo
-from selftok.training.loop import _optimizer, _step, batch_indices, make_accelerator, step_generator
+from selftok.training.loop import batch_indices, make_accelerator, make_optimizer, step_generator, train_step
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def share(result: dict[str, Any], peak: float) -> dict[str, Any]:
 def time_loop(bench: StageBench, steps: int, warmup: int, seed: int = 0) -> dict[str, float]:
     """``warmup`` untimed steps, one counted step (FLOPs), then ``steps`` timed steps of the project's loop."""
     accelerator = make_accelerator(bench.precision)
-    optimizer = _optimizer(bench.task, bench.lr)
+    optimizer = make_optimizer(bench.task, bench.lr)
     wrapped, optimizer = accelerator.prepare(bench.task.module, optimizer)
     device = accelerator.device
 
@@ -84,14 +84,14 @@ def time_loop(bench: StageBench, steps: int, warmup: int, seed: int = 0) -> dict
         started = clock(device)
         bench.batch(index, step_generator(seed, step, 0))
         made = clock(device)
-        _step(bench.task, wrapped, optimizer, accelerator, bench.grad_clip, index, step_generator(seed, step, 0))
+        train_step(bench.task, wrapped, optimizer, accelerator, bench.grad_clip, index, step_generator(seed, step, 0))
         return made - started, clock(device) - made
 
     for step in range(warmup):
         one(step)
     index = batch_indices(bench.n_samples, bench.batch_size, warmup, seed, 0, 1)
     with FlopCounterMode(display=False) as counter:
-        _step(bench.task, wrapped, optimizer, accelerator, bench.grad_clip, index, step_generator(seed, warmup, 0))
+        train_step(bench.task, wrapped, optimizer, accelerator, bench.grad_clip, index, step_generator(seed, warmup, 0))
     timed = [one(warmup + 1 + i) for i in range(steps)]
     result = rates(float(counter.get_total_flops()), sum(t[1] for t in timed), sum(t[0] for t in timed), steps)
     return {"batch_size": bench.batch_size, **result}

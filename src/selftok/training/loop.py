@@ -110,7 +110,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int, worl
     return perm[offset * batch_size : (offset + 1) * batch_size][rank::world]
 
 
-def _optimizer(task: Task, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(task: Task, lr: float) -> torch.optim.Optimizer:
     """AdamW over the task's groups, each remembering its base lr for the schedule."""
     groups = task.param_groups(lr)
     for group in groups:
@@ -131,7 +131,7 @@ def _resume(task: Task, optimizer: torch.optim.Optimizer, checkpoints: Path) -> 
     return start
 
 
-def _step(
+def train_step(
     task: Task, wrapped: nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator, grad_clip: float,
     index: torch.Tensor, generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -160,7 +160,7 @@ def run_loop(
 ) -> TrainResult:
     """Train ``task`` to ``loop.steps``, resuming from the newest checkpoint in ``checkpoints``."""
     callbacks = callbacks or Callbacks()
-    optimizer = _optimizer(task, lr)
+    optimizer = make_optimizer(task, lr)
     start = _resume(task, optimizer, checkpoints)
     wrapped, optimizer = accelerator.prepare(task.module, optimizer)
     history: list[dict[str, float]] = []
@@ -186,7 +186,7 @@ def _train_steps(
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         index = batch_indices(n_samples, loop.batch_size, step, loop.seed, rank, world)
-        loss, grad_norm, logs = _step(task, wrapped, optimizer, accelerator, loop.grad_clip, index, step_generator(loop.seed, step, rank))
+        loss, grad_norm, logs = train_step(task, wrapped, optimizer, accelerator, loop.grad_clip, index, step_generator(loop.seed, step, rank))
         window_steps += 1
         bar.update(1)
         done = step + 1

@@ -141,7 +141,7 @@ def evaluate_loss(
     return out
 
 
-def _checkpointing(lm: nn.Module, on: bool) -> None:
+def set_checkpointing(lm: nn.Module, on: bool) -> None:
     """Activation checkpointing of a transformers model on or off (its newer name when it has it)."""
     name = "activation_checkpointing" if hasattr(lm, "activation_checkpointing_enable") else "gradient_checkpointing"
     if on:
@@ -167,10 +167,10 @@ def train_vlm(
     accelerator = accelerator or make_accelerator(params)
     checkpointing = bool(params.gradient_checkpointing)
     if checkpointing:  # activations of each layer are recomputed in the backward pass: memory for compute
-        _checkpointing(lm, True)
+        set_checkpointing(lm, True)
     task = VLMTask(lm=lm.to(accelerator.device), tokenizer=tokenizer, captions=captions, codes=codes, params=params,
                    device=accelerator.device)
     result = run_loop(task, len(captions), params.lr, LoopConfig.from_params(params, seed), checkpoints, accelerator, callbacks)
     if checkpointing:
-        _checkpointing(lm, False)
+        set_checkpointing(lm, False)
     return result, task
