@@ -195,8 +195,8 @@ def test_rl_seeds_study_scores_each_seed_on_the_evaluate_benchmark(smoke, tmp_pa
     assert other.returncode != 0 and "other --set values" in other.stderr
     stale = json.loads((out / "pretrained.json").read_text()) | {"benchmark": "compositional only"}  # an OUT of the old sets
     (out / "pretrained.json").write_text(json.dumps(stale))
-    refused = subprocess.run([*command, "--name", "g2", "--seeds", "0"], capture_output=True, text=True)
-    assert refused.returncode != 0 and "another benchmark" in refused.stderr
+    refused = subprocess.run([*command, "--name", "fresh", "--seeds", "0"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "another benchmark" in refused.stderr and not (out / "fresh").exists()
     # the spatial control arm: its own RL stage, scored like evaluate scores that arm
     spatial = [*command[:-4], "--out", str(tmp_path / "spatial"), "--threads", "1", "--arm", "spatial"]
     subprocess.run([*spatial, "--name", "g2", "--seeds", "0", "--set", "rl.group_size=2"], check=True, capture_output=True)

@@ -278,10 +278,11 @@ def format_plan(params: Params, stages: list[str]) -> str:
     widths = [max(len(c[i]) for c in [list(COLUMNS), *cells]) for i in range(len(COLUMNS))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [list(COLUMNS), *cells]]
     total = sum(r["gpu_hours"] for r in rows)
-    lines += ["", f"compute: {compute.gpus} GPUs x {compute.gpu_memory_gb:g} GB, {compute.sharding}, "
+    gpus = f"{compute.gpus} GPU" + ("s" if compute.gpus != 1 else "")
+    lines += ["", f"compute: {gpus} x {compute.gpu_memory_gb:g} GB, {compute.sharding}, "
               f"{compute.peak_tflops:g} TFLOP/s peak at {compute.utilisation:.0%}: {total:,.0f} GPU hours, "
               f"{total / compute.gpus:,.1f} h wall in all (tokenize, RL and evaluation not costed)",
-              "(!) = over one GPU's memory", _launch(compute)]
+              *(["(!) = over one GPU's memory"] if not all(r["fits"] for r in rows) else []), _launch(compute)]
     return "\n".join(lines) + "\n"
 
 

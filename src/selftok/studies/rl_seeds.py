@@ -11,9 +11,10 @@ into OUT/NAME/seed_S/result.json. One draw of images moves a score by about 2 po
 gain is paired with the pretrained model on the same sampling seeds (the gain per sampling seed,
 then its mean); the evaluator (RL's reward) and the independent second judge score the same images,
 since a gain only the reward's evaluator sees is a hack. An interrupted run resumes from its
-checkpoints; a finished seed is not run again. OUT/pretrained.json holds the pretrained model's
-scores and the data ceiling on every set, made once per benchmark (added to where more sampling
-seeds are asked); OUT/NAME/summary.json the gains per set (mean and standard error over the
+checkpoints; a finished seed is not run again (a seed done under fewer sampling seeds gets the
+missing draws). OUT/pretrained.json holds the pretrained model's scores and the data ceiling on
+every set, made once per benchmark (RL's own prompts once per recipe that moves them; added to
+where more sampling seeds are asked); OUT/NAME/summary.json the gains per set (mean and standard error over the
 finished seeds, each seed's, the judge's) with the protocol's bars, and OUT/NAME/table.md the table.
 """
 
