@@ -73,7 +73,7 @@ class Params(StrictModel):
     renderer: RendererParams = Field(RendererParams(), description="one-step renderer on the frozen tokens")
     tokenize: TokenizeParams = Field(TokenizeParams(), description="accepted images -> code shards")
     evaluator: EvaluatorParams = Field(EvaluatorParams(), description="the scene evaluator: judge of generations and rewards")
-    geneval: GenevalParams = Field(GenevalParams(), description="training and held-out prompt sets (disjoint prompts)")
+    geneval: GenevalParams = Field(GenevalParams(), description="the prompt sets rl_train, rl_select, rl_test and compositional (disjoint requests)")
     vlm: VLMParams = Field(VLMParams(), description="the AR model over text and visual tokens (src/selftok/vlm)")
     rl: RLParams = Field(RLParams(), description="GRPO on visual tokens (src/selftok/rl); sampling recipe = vlm.sampling")
     evaluate: EvaluateParams = Field(EvaluateParams(), description="the evaluate stage and model promotion")

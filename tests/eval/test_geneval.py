@@ -10,8 +10,8 @@ from selftok.eval.evaluator import ParsedObject
 from selftok.eval.geneval import (
     PROMPT_SETS,
     TEST_PROMPTS,
+    allot,
     build_prompt_sets,
-    captioned,
     held_out_pairs,
     judge,
     prompt_sets,
@@ -45,7 +45,7 @@ def test_prompt_sets_are_deterministic_disjoint_and_hold_out_pairs(scene_config:
         assert all(set(r) == {"tag", "prompt", "include", "exclude"} for r in records)
     assert max(sum(r["tag"] == t for r in sets["compositional"]) for t in CATEGORIES) <= params.max_heldout_per_category
     pairs = {tuple(p.split(" ")) for p in HOLDOUT}
-    named = [(i.get("color"), i["class"]) for r in captioned(sets) for i in r["include"]]
+    named = [(i.get("color"), i["class"]) for name in ("rl_train", "rl_select", "rl_test") for r in sets[name] for i in r["include"]]
     assert not pairs & set(named)
     assert held_out_pairs(sets["compositional"], HOLDOUT)
     assert all(pairs & {(i.get("color"), i["class"]) for i in r["include"]} for r in held_out_pairs(sets["compositional"], HOLDOUT))
@@ -66,6 +66,14 @@ def test_rl_test_takes_up_to_sixteen_prompts_and_leaves_rl_groups_to_train_and_s
     assert without["rl_select"] == [] and without["rl_test"] == sets["rl_test"]
     assert len(without["rl_train"]) == len(sets["rl_train"]) + len(sets["rl_select"])
     assert without["compositional"] == sets["compositional"]  # the captions of the training images do not move
+
+
+def test_allot_takes_what_there_is() -> None:
+    groups = [[{"prompt": str(i)}] for i in range(5)]
+    assert allot([], 0.25) == ([], [], [])  # a category with no captionable request left
+    assert allot(groups[:1], 0.25) == (groups[:1], [], [])
+    test, select, train = allot(groups, 0.25)
+    assert (len(test), len(select), len(train)) == (2, 1, 2) and test + select + train == groups
 
 
 def test_relative_position_follows_geneval() -> None:

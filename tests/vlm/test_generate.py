@@ -69,3 +69,6 @@ def test_a_forced_prefix_is_kept_and_continued_as_the_model_would(lm: torch.nn.M
     other = torch.randint(0, tokenizer.num_codes, (3, K // 2), generator=torch.Generator().manual_seed(1))
     forced = sample_codes(lm, tokenizer, prompts, 3.0, 1.0, 0, torch.Generator().manual_seed(2), prefix=other)
     assert forced.shape == (3, K) and torch.equal(forced[:, : K // 2], other)
+    rows = torch.cat([other, other])  # generate_images: prompt-major rows, chunked like the prompts
+    many = generate_images(lm, tokenizer, data.captions[:3], n=2, cfg_scale=3.0, seed=4, batch_size=4, prefix=rows)
+    assert many.shape == (6, K) and torch.equal(many[:, : K // 2], rows)

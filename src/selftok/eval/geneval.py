@@ -39,7 +39,6 @@ from selftok.eval.params import GenevalParams
 POSITION_THRESHOLD = 0.1  # GenEval: offsets shrink by this share of the summed object sizes
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 PROMPT_SETS = ("rl_train", "rl_select", "rl_test", "compositional")
-CAPTIONED = ("rl_train", "rl_select", "rl_test")  # may caption training images; compositional never does
 BENCHMARK_SETS = ("rl_test", "compositional")  # what the evaluate stage scores, the paper's protocol first
 TEST_PROMPTS = 16  # rl_test prompts per category, where the world leaves RL as many groups as the test
 
@@ -75,12 +74,12 @@ def _uses_holdout(group: list[Record], holdout: set[tuple[str, str]]) -> bool:
     return any((item.get("color"), item["class"]) in holdout for record in group for item in record["include"])
 
 
-def _allot(groups: list[list[Record]], select_fraction: float) -> tuple[list[list[Record]], list[list[Record]], list[list[Record]]]:
+def allot(groups: list[list[Record]], select_fraction: float) -> tuple[list[list[Record]], list[list[Record]], list[list[Record]]]:
     """One category's captionable groups as (rl_test, rl_select, rl_train): rl_test takes groups
     until it holds TEST_PROMPTS prompts or half the groups (at least one), rl_select
     ``select_fraction`` of the rest (at least one where two are left), rl_train the others."""
     n_test, prompts = 0, 0
-    while n_test < max(1, len(groups) // 2) and prompts < TEST_PROMPTS:
+    while n_test < min(len(groups), max(1, len(groups) // 2)) and prompts < TEST_PROMPTS:
         prompts += len(groups[n_test])
         n_test += 1
     rest = groups[n_test:]
@@ -109,16 +108,11 @@ def build_prompt_sets(config: SceneConfig, seed: int, params: GenevalParams) -> 
         compositional = [r for g in forced + free[:k] for r in g]
         rng.shuffle(compositional)
         sets["compositional"] += compositional[: params.max_heldout_per_category]
-        test, select, train = _allot(free[k:], params.select_fraction)
+        test, select, train = allot(free[k:], params.select_fraction)
         sets["rl_test"] += [r for g in test for r in g]
         sets["rl_select"] += [r for g in select for r in g]
         sets["rl_train"] += [r for g in train for r in g][: params.max_train_per_category]
     return sets
-
-
-def captioned(sets: dict[str, list[Record]]) -> list[Record]:
-    """The prompts that may caption training images: every set but ``compositional``."""
-    return [r for name in CAPTIONED for r in sets[name]]
 
 
 def held_out_pairs(records: Sequence[Record], holdout: Iterable[str]) -> list[Record]:

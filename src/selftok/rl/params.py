@@ -41,8 +41,8 @@ class RLParams(PrecisionParams):
     guard_window: Positive = Field(20, description="guard: steps averaged")
     max_frechet_ratio: float = Field(3.0, ge=0.0, description="guard: Frechet distance to real renders, upper bound (0: off)")
     realism_prompts: Positive = Field(8, description="RL prompts per category whose real renders the Frechet distance uses")
-    # carry-over validation (selftok.rl.selection): this share of each category's RL prompt groups is never
-    # trained on; every val_every steps the policy draws val_images per set-aside prompt, scored strict
+    # carry-over validation (selftok.rl.selection): the rl_select prompt groups (geneval.select_fraction) are never
+    # trained on; every val_every steps the policy draws val_images per rl_select prompt, scored strict
     val_prompts: Positive = Field(8, description="validation: rl_select prompts per category, at most")
     val_images: Positive = Field(16, description="validation: images per rl_select prompt")
     val_every: Positive = Field(20, description="validation: steps between scores")

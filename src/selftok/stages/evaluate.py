@@ -36,7 +36,6 @@ from selftok.eval.evaluator import SceneEvaluator, accuracy, objects_from_metada
 from selftok.eval.fidelity import holdout_shape_agreement
 from selftok.eval.geneval import (
     BENCHMARK_SETS,
-    Record,
     held_out_pairs,
     judge_images,
     limited_sets,
@@ -59,6 +58,7 @@ from selftok.vlm.benchmark import (
     benchmark_sampling,
     data_ceiling,
     reference_diversity,
+    second_opinion,
 )
 from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
@@ -115,14 +115,6 @@ class Judges:
     judge: SceneEvaluator
 
 
-def second_opinion(rows: list[Record], images: torch.Tensor, judges: Judges) -> tuple[dict[str, float], float]:
-    """The second judge's scores of ``images`` and the share of images on which both judges give the same verdict."""
-    first, second = judge_images(rows, images, judges.evaluator), judge_images(rows, images, judges.judge)
-    summary = summarize_judged(rows, second)
-    agreement = sum(a.correct == b.correct for a, b in zip(first, second, strict=True)) / max(len(rows), 1)
-    return {k: summary[k] for k in ("overall", "overall_se", "overall_strict", "overall_strict_se")}, agreement
-
-
 def score_set(ctx: StageContext, arm: Arm, name: str, bench: Benchmark, vlms: dict[str, SelftokVLM], decode: DecodeFn,
               tokenizer: Any, judges: Judges) -> dict[str, Any]:
     """One prompt set's generation scores of each model by both judges (the held-out pairs apart),
@@ -135,7 +127,8 @@ def score_set(ctx: StageContext, arm: Arm, name: str, bench: Benchmark, vlms: di
     gen, agreement = {}, {}
     for model, vlm in vlms.items():
         gen[model], images = benchmark_generation(vlm, bench.records, decode, evaluator, bench.sampling, real_features)
-        gen[model]["judge"], agreement[model] = second_opinion(rows, images, judges)
+        gen[model]["judge"] = second_opinion(rows, images, evaluator, judges.judge)
+        agreement[model] = gen[model]["judge"]["agreement"]
         if pairs := held_out_pair_scores(bench, images, evaluator, holdout):
             gen[model]["held_out_pairs"] = pairs
         picks = torch.cat([images[i * n : (i + 1) * n] for i in range(0, len(bench.records), max(1, len(bench.records) // 12))][:12])

@@ -7,7 +7,7 @@ Trains the text BPE on the training captions (kept with the checkpoints, so a re
 uses the same vocabulary), pretrains the Llama backbone on the mixed layouts with periodic
 val losses and generated samples (rendered to images when the tokenizer's renderer exists,
 code statistics otherwise), then scores caption accuracy on val and GenEval-style generation
-on held-out prompts (when the scene evaluator exists).
+on the benchmark's prompt sets, rl_test and compositional (when the scene evaluator exists).
 """
 
 from __future__ import annotations

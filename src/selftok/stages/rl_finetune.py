@@ -11,7 +11,8 @@ renders of RL prompts) and keeps the checkpoint from before. The rl_select promp
 ``geneval.select_fraction`` is 0) score the policy as it trains, and the weights that scored best
 there are kept (selftok.rl.selection). The result is registered as a new
 version of the arm's VLM model (`selftok-vlm` for Selftok); the `evaluate` stage scores it
-against the pretrained model on the held-out prompts with the same sampling recipe.
+against the pretrained model on the benchmark's prompt sets (rl_test, compositional) with the same
+sampling recipe.
 """
 
 from __future__ import annotations

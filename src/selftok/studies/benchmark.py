@@ -22,10 +22,10 @@ import torch
 
 from selftok.config import Params
 from selftok.eval.evaluator import SceneEvaluator
-from selftok.eval.geneval import BENCHMARK_SETS, Record, judge_images, limited_sets, real_renders, summarize_judged
+from selftok.eval.geneval import BENCHMARK_SETS, Record, limited_sets, real_renders
 from selftok.paths import EVALUATOR, JUDGE
 from selftok.stages.arms import SELFTOK, Arm
-from selftok.vlm.benchmark import benchmark_generation, benchmark_sampling, data_ceiling, reference_diversity
+from selftok.vlm.benchmark import benchmark_generation, benchmark_sampling, data_ceiling, reference_diversity, second_opinion
 from selftok.vlm.decode import reference_images, render_fn
 from selftok.vlm.model import SelftokVLM
 from selftok.vlm.scores import DecodeFn
@@ -117,12 +117,3 @@ def load_judge(root: Path) -> SceneEvaluator:
         raise FileNotFoundError(f"{folder}: missing; the train_evaluator stage makes it (run the pipeline up to train_evaluator "
                                 f"on {root})")
     return SceneEvaluator.load(folder)
-
-
-def second_opinion(rows: list[Record], images: torch.Tensor, evaluator: SceneEvaluator, judge: SceneEvaluator) -> dict[str, float]:
-    """The second judge's scores of the images the evaluator scored (as the evaluate stage keeps
-    them), and the share of images on which both give the same verdict."""
-    first, second = judge_images(rows, images, evaluator), judge_images(rows, images, judge)
-    summary = summarize_judged(rows, second)
-    agreement = sum(a.correct == b.correct for a, b in zip(first, second, strict=True)) / max(len(rows), 1)
-    return {**{k: summary[k] for k in ("overall", "overall_se", "overall_strict", "overall_strict_se")}, "agreement": agreement}

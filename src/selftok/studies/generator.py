@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +36,15 @@ from selftok.eval.evaluator import SceneEvaluator
 from selftok.eval.fidelity import reconstruction_agreement
 from selftok.paths import EVALUATOR
 from selftok.stages.arms import ARMS, SELFTOK
-from selftok.studies.benchmark import Benchmark, reseeded
+from selftok.studies.benchmark import Benchmark
+from selftok.studies.rl_seeds import mean_se
 from selftok.tokenizer.metrics import batched
 from selftok.vlm.decode import render_fn
-from selftok.vlm.generate import sample_codes
 from selftok.vlm.model import SelftokVLM
-from selftok.vlm.sequences import collate, layout, t2i_prompt
+from selftok.vlm.sequences import collate, layout
 
 Row = dict[str, Any]
+DECODER_SET = "rl_test"  # the headline prompt set (the paper's protocol)
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,9 @@ def code_entropy(codes: torch.Tensor, num_codes: int) -> list[float]:
 
 def complete(vlm: SelftokVLM, captions: list[str], prefix: torch.Tensor, seed: int) -> torch.Tensor:
     """Codes [B, K]: ``prefix`` [B, k] kept, the rest drawn with the VLM's saved sampling recipe."""
-    tk, s = vlm.tokenizer, vlm.sampling
-    if prefix.shape[1] == tk.num_tokens:
+    if prefix.shape[1] == vlm.tokenizer.num_tokens:
         return prefix
-    prompts = [t2i_prompt(tk, c) for c in tk.encode_text(captions)]
-    generator = torch.Generator().manual_seed(seed)
-    guided = s.cfg_scale if s.cfg_scale != 1.0 else None
-    chunks = [sample_codes(vlm.lm, tk, prompts[i : i + s.batch_size], guided, s.temperature, s.top_k, generator,
-                           min_p=s.min_p, prefix=prefix[i : i + s.batch_size]) for i in range(0, len(prompts), s.batch_size)]
-    return torch.cat(chunks)
+    return vlm.generate(captions, 1, seed=seed, prefix=prefix)
 
 
 def completion_curve(vlm: SelftokVLM, decode: Callable[[torch.Tensor], torch.Tensor], evaluator: SceneEvaluator,
@@ -117,8 +111,8 @@ def nearest_distance(queries: torch.Tensor, pool: torch.Tensor, chunk: int = 64)
     """For each query sequence [Q, K], the share of positions where its nearest ``pool`` sequence differs."""
     best = []
     for start in range(0, len(queries), chunk):
-        differs = (queries[start : start + chunk, None, :] != pool[None]).float().mean(-1)
-        best.append(differs.min(1).values)
+        differs = (queries[start : start + chunk, None, :] != pool[None]).sum(-1)
+        best.append(differs.min(1).values / queries.shape[1])
     return torch.cat(best)
 
 
@@ -129,28 +123,17 @@ def copying(generated: torch.Tensor, real: torch.Tensor, train: torch.Tensor) ->
             "generated_exact_copies": (gen == 0).float().mean().item(), "real_exact_copies": (fresh == 0).float().mean().item()}
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error over seeds (0 error from one seed)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-
-
 def decoders(root: Path, params: Params, model: Path, seeds: int, steps: int) -> Row:
-    """Held-out benchmark overall through the renderer and through the diffusion decoder, paired
+    """``rl_test`` benchmark overall through the renderer and through the diffusion decoder, paired
     on the same sampling seeds (the codes drawn are the same; only the decode differs)."""
     bench = Benchmark.load(root, params, SELFTOK)
     tokenizer = SELFTOK.load_tokenizer(root)
     diffusion = dataclasses.replace(bench, decode=lambda codes: tokenizer.decode(codes, steps=steps))
-    out: Row = {}
+    out: Row = {"prompts": DECODER_SET}
     for name, b in {"renderer": bench, "diffusion": diffusion}.items():
-        scores = [b.with_params(reseeded(params, i)).score(model)["overall"] for i in range(seeds)]
-        out[name] = scores
-    gains = [d - r for d, r in zip(out["diffusion"], out["renderer"], strict=True)]
-    for name in ("renderer", "diffusion"):
-        out[f"{name}_overall"], out[f"{name}_overall_se"] = mean_se(out[name])
-    out["diffusion_gain"], out["diffusion_gain_se"] = mean_se(gains)
+        out[name] = [score["overall"] for score in b.score_seeds(model, DECODER_SET, range(seeds))]
+        out[f"{name}_overall"] = mean_se(out[name])
+    out["diffusion_gain"] = mean_se([d - r for d, r in zip(out["diffusion"], out["renderer"], strict=True)])
     return out
 
 
@@ -202,6 +185,7 @@ def summary_lines(report: Row) -> list[str]:
     lines.append(f"nearest training sequence differs in {c['generated_nearest']:.3f} of positions (real val: {c['real_nearest']:.3f})")
     if "decoders" in report:
         d = report["decoders"]
-        lines.append(f"benchmark overall: renderer {d['renderer_overall']:.3f}, diffusion {d['diffusion_overall']:.3f} "
-                     f"(gain {d['diffusion_gain']:+.3f} +- {d['diffusion_gain_se']:.3f})")
+        gain = d["diffusion_gain"]
+        lines.append(f"{d['prompts']} overall: renderer {d['renderer_overall']['mean']:.3f}, diffusion {d['diffusion_overall']['mean']:.3f} "
+                     f"(gain {gain['mean']:+.3f} +- {gain['se'] or 0.0:.3f} over {len(d['renderer'])} sampling seeds)")
     return lines

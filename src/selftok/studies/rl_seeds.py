@@ -298,7 +298,10 @@ def pretrained_scores(study: SeedsStudy, bench: Benchmark, params: Params) -> di
     for prompts in SCORED:
         benchmark = prompts in BENCHMARK_SETS
         store = baseline.setdefault("sets" if benchmark else "rl_train_by_prompts", {})
-        entry = store.setdefault(prompts if benchmark else hashes[prompts], {"scores": [], **bench.reference(prompts)})
+        key = prompts if benchmark else hashes[prompts]
+        if key not in store:  # the data ceiling takes a while: made once per set
+            store[key] = {"scores": [], **bench.reference(prompts)}
+        entry = store[key]
         entry["scores"] += bench.score_seeds(study.root / ARMS[study.arm].vlm, prompts,
                                              range(len(entry["scores"]), sample_seeds(study, prompts)))
         baseline_file.write_text(json.dumps(baseline, indent=1) + "\n")  # a set at a time: an interrupted run keeps them

@@ -1,5 +1,6 @@
-"""The held-out benchmark every VLM is scored on: GenEval-style generation of its prompts with one
-sampling recipe, judged by the scene evaluator, beside what real renders of the same prompts score.
+"""The benchmark every VLM is scored on: GenEval-style generation of its prompts with one sampling
+recipe, judged by the scene evaluator (and a second, independent judge), beside what real renders
+of the same prompts score.
 
 Scores under one ``benchmark_hash`` (same prompts, same recipe, same judge) are comparable; the
 evaluate stage and the RL-seed study both score through here.
@@ -77,3 +78,12 @@ def reference_diversity(real: torch.Tensor, real_features: torch.Tensor, group_s
     """The diversity generations are measured against: that of ``reference_images`` and their
     evaluator features (a right answer varies only in layout, so spread falls as scores rise)."""
     return diversity(to_uint8(real).flatten(1), real_features, real, group_size)
+
+
+def second_opinion(rows: list[Record], images: torch.Tensor, evaluator: SceneEvaluator, judge: SceneEvaluator) -> dict[str, float]:
+    """The second judge's scores of the images the evaluator scored, and the share of images on which
+    both give the same verdict (a reward that rises while the second judge stays flat is hacking)."""
+    first, second = judge_images(rows, images, evaluator), judge_images(rows, images, judge)
+    summary = summarize_judged(rows, second)
+    agreement = sum(a.correct == b.correct for a, b in zip(first, second, strict=True)) / max(len(rows), 1)
+    return {**{k: summary[k] for k in ("overall", "overall_se", "overall_strict", "overall_strict_se")}, "agreement": agreement}

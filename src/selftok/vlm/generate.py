@@ -176,15 +176,18 @@ def generate_images(
     batch_size: int = 64,
     use_cache: bool = True,
     min_p: float = 0.0,
+    prefix: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Codes [len(prompts) * n, K], prompt-major (all samples of prompt 0 first); decode them separately."""
+    """Codes [len(prompts) * n, K], prompt-major (all samples of prompt 0 first); decode them separately.
+    ``prefix`` (codes [len(prompts) * n, k], rows in that order) forces each sample's first k codes."""
     captions = tokenizer.encode_text(prompts)
     rows = [t2i_prompt(tokenizer, cap) for cap in captions for _ in range(n)]
     device = lm.device
     generator = torch.Generator(device="cuda" if device.type == "cuda" else "cpu").manual_seed(seed)
     guided = cfg_scale if cfg_scale != 1.0 else None
     chunks = [
-        sample_codes(lm, tokenizer, rows[i : i + batch_size], guided, temperature, top_k, generator, use_cache, min_p)
+        sample_codes(lm, tokenizer, rows[i : i + batch_size], guided, temperature, top_k, generator, use_cache, min_p,
+                     None if prefix is None else prefix[i : i + batch_size])
         for i in range(0, len(rows), batch_size)
     ]
     return torch.cat(chunks) if chunks else torch.zeros(0, tokenizer.num_tokens, dtype=torch.long)

@@ -99,11 +99,12 @@ class SelftokVLM:
         self.tokenizer = tokenizer
         self.sampling = sampling or SamplingParams()
 
-    def generate(self, prompts: list[str], n: int = 1, **overrides: Any) -> torch.Tensor:
-        """Codes [len(prompts) * n, K] with the saved sampling recipe (keyword overrides win)."""
+    def generate(self, prompts: list[str], n: int = 1, prefix: torch.Tensor | None = None, **overrides: Any) -> torch.Tensor:
+        """Codes [len(prompts) * n, K] with the saved sampling recipe (keyword overrides win); ``prefix``
+        (codes [len(prompts) * n, k]) forces each sample's first k codes."""
         s = self.sampling.model_copy(update=overrides)
         return generate_images(
-            self.lm, self.tokenizer, prompts, n, s.cfg_scale, s.temperature, s.top_k, s.seed, s.batch_size, min_p=s.min_p
+            self.lm, self.tokenizer, prompts, n, s.cfg_scale, s.temperature, s.top_k, s.seed, s.batch_size, min_p=s.min_p, prefix=prefix
         )
 
     def caption(self, codes: torch.Tensor) -> list[str]:

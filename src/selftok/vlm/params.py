@@ -48,7 +48,7 @@ class SamplingParams(StrictModel):
 class EvalParams(StrictModel):
     """What pretrain_vlm scores and logs after training."""
 
-    geneval_prompts_per_category: Positive = Field(16, description="held-out prompts per GenEval category")
+    geneval_prompts_per_category: Positive = Field(16, description="prompts per GenEval category in each benchmark set (rl_test, compositional)")
     caption_samples: Positive = Field(128, description="val images captioned for comprehension.caption_accuracy")
     sample_prompts: Positive = Field(8, description="val captions whose generations are logged as images")
 

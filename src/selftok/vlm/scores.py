@@ -1,4 +1,4 @@
-"""Scores of the VLM: GenEval-style generation on held-out prompts and caption accuracy on val.
+"""Scores of the VLM: GenEval-style generation on benchmark prompts and caption accuracy on val.
 
 Both reuse the benchmark's rules (selftok.eval.geneval): generated images are parsed by the
 scene evaluator and judged against their prompt record; a generated caption is read back as
