@@ -213,7 +213,7 @@ def stage_time(root: Path, stage: str, since: float, skipped: bool) -> dict[str,
     interpreter and imports) and ``train_seconds`` (its training loop, when it has one)."""
     path = root / STAGE_TIMES / f"{stage}.json"
     record = json.loads(path.read_text()) if path.is_file() and not skipped else {}
-    if record.get("entered", 0.0) < since:  # an earlier run's record
+    if record.get("finished", 0.0) < since:  # an earlier run's record
         record = {}
     return {"stage_seconds": float(record.get("seconds", 0.0)), "startup_seconds": record.get("startup_seconds"),
             "train_seconds": record.get("train_seconds")}

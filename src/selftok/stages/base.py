@@ -333,15 +333,15 @@ def stage_function(name: str) -> StageFn:
 
 def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE) -> Metrics:
     """Run one stage under the contract and return its metrics (also written to metrics/NAME.json)."""
-    entered = time.time()
     root = root.resolve()
     params = load_params(root / params_file)  # fails before any work if params are invalid
     spec = read_spec(root, name)
-    fn = stage_function(spec.group)
+    fn = stage_function(spec.group)  # imports the stage module: its libraries are most of a stage's start-up
     used = used_params(spec, params)
     ctx = StageContext(name=name, root=root, params=params, spec=spec)
     import torch  # here, not at import: the flow and the CLI read stage specs without torch
 
+    ready = time.time()
     torch.manual_seed(params.seed)  # weight initialisation and anything else drawn from torch's global generator
     require_inputs(spec, input_paths(root, spec))
     check_model_files(input_paths(root, spec))
@@ -355,7 +355,7 @@ def run_stage(name: str, root: Path = Path("."), params_file: str = PARAMS_FILE)
     try:
         guard_checkpoints(root, spec, fingerprint)
         metrics = _tracked_run(ctx, fn, used, hashes)
-        record_stage_time(root, name, entered, ctx.loop_seconds)
+        record_stage_time(root, name, ready, ctx.loop_seconds)
         return metrics
     finally:
         if lock is not None:
@@ -372,16 +372,17 @@ def process_started() -> float | None:
         return None
 
 
-def record_stage_time(root: Path, name: str, entered: float, loop_seconds: float | None) -> None:
-    """Write the stage's own time to STAGE_TIMES/NAME.json (in a DVC project only): ``seconds`` from
-    entering ``run_stage`` to its end, ``startup_seconds`` before it (interpreter and imports),
+def record_stage_time(root: Path, name: str, ready: float, loop_seconds: float | None) -> None:
+    """Write the stage process's own time to STAGE_TIMES/NAME.json (in a DVC project only):
+    ``seconds`` from the process's start (or, where that is unknown, from ``ready``) to now,
+    ``startup_seconds`` until ``ready`` (interpreter, the stage module's imports, params and spec),
     ``train_seconds`` its training loop's (None: the stage logs none); the rest is loading,
-    evaluation and saving."""
+    evaluation and saving. Whatever the flow sees beyond ``seconds`` is orchestration."""
     if not (root / ".dvc").is_dir():
         return
     finished, started = time.time(), process_started()
-    record = {"stage": name, "entered": entered, "finished": finished, "seconds": finished - entered,
-              "startup_seconds": entered - started if started is not None else None, "train_seconds": loop_seconds}
+    record = {"stage": name, "ready": ready, "finished": finished, "seconds": finished - (started or ready),
+              "startup_seconds": ready - started if started is not None else None, "train_seconds": loop_seconds}
     write_atomic(root / STAGE_TIMES / f"{name}.json", json.dumps(record, indent=1) + "\n")
 
 
